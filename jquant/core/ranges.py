@@ -1,0 +1,118 @@
+"""Per-tile ranges from data, for every calibration method (dynamic quantization and observer finalize).
+
+All functions take tiles ``t`` of shape (*scale_shape, T) in float32 and reduce the last axis.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jquant.core import calibration_methods as cm
+from jquant.core.qtypes import QType
+
+
+def scale_from_range(lo: jax.Array, hi: jax.Array, qtype: QType, symmetric: bool):
+  """Turns a range into (scale, zero_point); zero_point is None when symmetric.
+
+  Symmetric: ``hi`` is the absmax; scale = absmax / qmax (integer and float8) or absmax (NF4).
+  Asymmetric (integers): the range is widened to contain 0, scale = (hi - lo) / (qmax - qmin),
+  zero_point = clip(round(qmin - lo / scale), qmin, qmax), so that 0.0 is exactly representable.
+  A zero-width range gets scale 1 (every value quantizes to the zero point).
+  """
+  if symmetric:
+    amax = jnp.abs(hi)
+    denom = 1.0 if qtype.is_lut else qtype.qmax
+    scale = amax / denom
+    return jnp.where(scale > 0, scale, 1.0).astype(jnp.float32), None
+  lo = jnp.minimum(lo, 0.0)
+  hi = jnp.maximum(hi, 0.0)
+  scale = (hi - lo) / (qtype.qmax - qtype.qmin)
+  scale = jnp.where(scale > 0, scale, 1.0).astype(jnp.float32)
+  zp = jnp.clip(jnp.round(qtype.qmin - lo / scale), qtype.qmin, qtype.qmax)
+  return scale, zp
+
+
+def _fake_quant_tiles(t, scale, zp, qtype: QType):
+  """Quantize-dequantize of tiles with per-tile (scale, zp) of shape (..., 1); used by the MSE search."""
+  if qtype.is_int:
+    z = 0.0 if zp is None else zp
+    q = jnp.clip(jnp.round(t / scale) + z, qtype.qmin, qtype.qmax)
+    return (q - z) * scale
+  if qtype.is_float:
+    v = jnp.clip(t / scale, qtype.qmin, qtype.qmax).astype(qtype.storage_dtype).astype(jnp.float32)
+    return v * scale
+  levels = jnp.asarray(qtype.levels, jnp.float32)
+  mids = (levels[1:] + levels[:-1]) / 2
+  code = jnp.sum(t[..., None] / scale[..., None] > mids, axis=-1)
+  return levels[code] * scale
+
+
+def _mse_search(t, qtype: QType, symmetric: bool, method: cm.MSE):
+  lo0 = jnp.min(t, axis=-1)
+  hi0 = jnp.max(t, axis=-1)
+  amax0 = jnp.max(jnp.abs(t), axis=-1)
+  ratios = jnp.linspace(1.0, method.min_ratio, method.grid, dtype=jnp.float32)
+
+  def err_for(r):
+    if symmetric:
+      s, z = scale_from_range(-amax0 * r, amax0 * r, qtype, True)
+    else:
+      s, z = scale_from_range(lo0 * r, hi0 * r, qtype, False)
+    zz = None if z is None else z[..., None]
+    return jnp.sum(jnp.square(_fake_quant_tiles(t, s[..., None], zz, qtype) - t), axis=-1)
+
+  errs = jax.lax.map(err_for, ratios)            # (grid, *scale_shape): one candidate at a time bounds memory
+  best = ratios[jnp.argmin(errs, axis=0)]        # first minimum -> prefers the widest range on ties
+  return lo0 * best, hi0 * best, amax0 * best
+
+
+def _kl_threshold(a: jax.Array, nq: int, bins: int) -> jax.Array:
+  """TensorRT entropy calibration on one tile's |x| values ``a`` (T,): returns the clipping threshold."""
+  amax = jnp.max(a)
+  safe = jnp.where(amax > 0, amax, 1.0)
+  width = safe / bins
+  idx = jnp.clip(jnp.floor(a / width).astype(jnp.int32), 0, bins - 1)
+  hist = jnp.bincount(idx, length=bins).astype(jnp.float32)
+  j = jnp.arange(bins)
+  csum = jnp.cumsum(hist[::-1])[::-1]   # csum[i] = sum(hist[i:])
+
+  def kl_for(i):
+    inside = j < i
+    p = jnp.where(inside, hist, 0.0)
+    p = p + jnp.where(j == i - 1, jnp.where(i < bins, csum[jnp.minimum(i, bins - 1)], 0.0), 0.0)
+    level = jnp.where(inside, (j * nq) // i, nq)          # nq = dump segment for bins outside
+    base = jnp.where(inside, hist, 0.0)
+    lsum = jax.ops.segment_sum(base, level, num_segments=nq + 1)
+    lnz = jax.ops.segment_sum((base > 0).astype(jnp.float32), level, num_segments=nq + 1)
+    q = jnp.where(inside & (hist > 0), lsum[level] / jnp.maximum(lnz[level], 1.0), 0.0)
+    p = p / jnp.maximum(jnp.sum(p), 1e-30)
+    q = q / jnp.maximum(jnp.sum(q), 1e-30)
+    terms = jnp.where(p > 0, p * (jnp.log(p) - jnp.log(jnp.maximum(q, 1e-10))), 0.0)
+    return jnp.sum(terms)
+
+  cands = jnp.arange(nq, bins + 1)
+  kls = jax.lax.map(kl_for, cands)
+  best = cands[jnp.argmin(kls)]
+  return jnp.where(amax > 0, (best.astype(jnp.float32)) * width, 0.0)
+
+
+def tile_range(t: jax.Array, qtype: QType, symmetric: bool, method) -> tuple[jax.Array, jax.Array]:
+  """(lo, hi) per tile for a calibration method; for symmetric specs lo = -hi and hi is the absmax."""
+  if isinstance(method, cm.MSE):
+    lo, hi, amax = _mse_search(t, qtype, symmetric, method)
+    return (-amax, amax) if symmetric else (lo, hi)
+  if isinstance(method, cm.Percentile):
+    if symmetric:
+      hi = jnp.percentile(jnp.abs(t), method.q, axis=-1)
+      return -hi, hi
+    return jnp.percentile(t, 100.0 - method.q, axis=-1), jnp.percentile(t, method.q, axis=-1)
+  if isinstance(method, cm.KL):
+    nq = int(qtype.qmax) + 1
+    flat = jnp.abs(t).reshape(-1, t.shape[-1])
+    thr = jax.lax.map(lambda a: _kl_threshold(a, nq, method.bins), flat).reshape(t.shape[:-1])
+    return -thr, thr
+  if symmetric:   # AbsMax, EMA (single tensor)
+    hi = jnp.max(jnp.abs(t), axis=-1)
+    return -hi, hi
+  return jnp.min(t, axis=-1), jnp.max(t, axis=-1)   # MinMax, EMA

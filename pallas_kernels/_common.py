@@ -1,0 +1,143 @@
+"""Helpers shared by the Pallas GPU kernels: arithmetic, padding, device queries, autotuning.
+
+Nothing here imports jquant; every function takes and returns plain arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+#: Peak HBM bandwidth (bytes/s) by device-kind substring, for roofline reporting.
+HBM_BYTES_PER_S = {
+    "H200": 4.8e12,
+    "H100": 3.35e12,
+    "A100": 2.0e12,
+    "L40": 0.864e12,
+    "A10": 0.6e12,
+}
+
+
+def cdiv(a: int, b: int) -> int:
+  """Ceiling division of two positive ints."""
+  return -(-a // b)
+
+
+def round_up(a: int, b: int) -> int:
+  """Smallest multiple of ``b`` that is >= ``a``."""
+  return cdiv(a, b) * b
+
+
+def pad_axis(x: jax.Array, axis: int, size: int, value: Any = 0) -> jax.Array:
+  """Pads ``x`` with ``value`` at the end of ``axis`` up to ``size`` (no-op if already that size)."""
+  extra = size - x.shape[axis]
+  if extra < 0:
+    raise ValueError(f"pad_axis: axis {axis} of shape {x.shape} is longer than the target {size}.")
+  if extra == 0:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, extra)
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def largest_divisor(n: int, candidates: Sequence[int]) -> int | None:
+  """First value of ``candidates`` (ordered by preference) that divides ``n``, or None."""
+  for c in candidates:
+    if n % c == 0:
+      return c
+  return None
+
+
+def is_power_of_2(n: int) -> bool:
+  return n > 0 and n & (n - 1) == 0
+
+
+def on_gpu() -> bool:
+  """True when JAX's default backend is an NVIDIA GPU."""
+  try:
+    return jax.default_backend() == "gpu"
+  except RuntimeError:
+    return False
+
+
+def device_kind() -> str:
+  """Device kind of the first default device, e.g. ``"NVIDIA H100 80GB HBM3"`` (``"cpu"`` on CPU)."""
+  return jax.devices()[0].device_kind
+
+
+def hbm_bandwidth(kind: str) -> float | None:
+  """Peak HBM bandwidth in bytes/s for a device kind, or None when unknown."""
+  for key, bw in HBM_BYTES_PER_S.items():
+    if key in kind:
+      return bw
+  return None
+
+
+def time_fn(fn: Callable[..., Any], *args: Any, iters: int = 20, warmup: int = 3) -> float:
+  """Median wall time in seconds of ``fn(*args)`` (compiled before timing)."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  times.sort()
+  return times[len(times) // 2]
+
+
+_AUTOTUNE_CACHE: dict[Any, Any] = {}
+
+
+def autotune(
+    key: Any,
+    make_fn: Callable[[Any], Callable[..., Any]],
+    configs: Sequence[Any],
+    args: Sequence[jax.Array],
+    *,
+    supports: Callable[[Any], str | None],
+    default: Any,
+) -> Any:
+  """Picks the fastest config on the current GPU; returns ``default`` elsewhere.
+
+  Only configs that ``supports`` accepts (returns None for) are timed; configs that fail to compile are skipped.
+  The winner is cached per ``key`` (shapes, dtypes, options) for the life of the process. Must be called
+  outside ``jax.jit`` with concrete arrays.
+
+  Args:
+    key: hashable description of the problem (shapes, dtypes, static options).
+    make_fn: maps a config to a callable taking ``args``.
+    configs: candidate configs.
+    args: concrete input arrays.
+    supports: maps a config to a reason string, or None when it can run this problem.
+    default: the config returned without a GPU or when no candidate runs.
+  """
+  if not on_gpu():
+    return default
+  if key in _AUTOTUNE_CACHE:
+    return _AUTOTUNE_CACHE[key]
+  best, best_t = default, float("inf")
+  for cfg in configs:
+    if supports(cfg) is not None:
+      continue
+    try:
+      t = time_fn(jax.jit(make_fn(cfg)), *args, iters=10, warmup=2)
+    except Exception:  # noqa: BLE001 - a config that fails to compile or run is simply not a candidate.
+      continue
+    if t < best_t:
+      best, best_t = cfg, t
+  _AUTOTUNE_CACHE[key] = best
+  return best
+
+
+@functools.cache
+def triton_compiler_params(num_warps: int, num_stages: int):
+  """``pltriton.CompilerParams`` for the Triton lowering (imported lazily: the module warns on import)."""
+  from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415
+
+  return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
