@@ -5,6 +5,7 @@ Nothing here imports jquant; every function takes and returns plain arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -141,3 +142,71 @@ def triton_compiler_params(num_warps: int, num_stages: int):
   from jax.experimental.pallas import triton as pltriton  # noqa: PLC0415
 
   return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class TileConfig:
+  """Tiling and launch parameters of a plain (no split-K) Triton matmul kernel (int8 and fp8 kernels).
+
+  Attributes:
+    block_m: rows of x per program (power of 2, >= 16).
+    block_n: output columns per program (power of 2, >= 16).
+    block_k: K step of the inner loop (power of 2, >= 32: the 8-bit MMA K).
+    num_warps: Triton warps per program.
+    num_stages: Triton software-pipelining depth.
+  """
+
+  block_m: int
+  block_n: int
+  block_k: int
+  num_warps: int = 4
+  num_stages: int = 3
+
+  def __post_init__(self):
+    for name, low in (("block_m", 16), ("block_n", 16), ("block_k", 32)):
+      v = getattr(self, name)
+      if not (isinstance(v, int) and is_power_of_2(v) and v >= low):
+        raise ValueError(f"Config.{name}={v!r}; expected a power of 2 >= {low}.")
+    if self.num_warps not in (1, 2, 4, 8, 16):
+      raise ValueError(f"Config.num_warps={self.num_warps!r}; expected one of 1, 2, 4, 8, 16.")
+    if not (isinstance(self.num_stages, int) and self.num_stages >= 1):
+      raise ValueError(f"Config.num_stages={self.num_stages!r}; expected an int >= 1.")
+
+
+def default_tile_config(m: int, n: int, *, x_itemsize: int = 1) -> TileConfig:
+  """Heuristic tiles for 8-bit-weight matmuls: narrow tiles for decode, 128x128x64 for large M.
+
+  ``x_itemsize`` (bytes per activation element: 1 for int8/fp8, 2 or 4 for fused dynamic quantization) shrinks
+  the pipeline until the tiles fit ``tile_smem_reason``'s budget.
+  """
+  block_n = 128 if n >= 128 else 64 if n >= 64 else 32 if n >= 32 else 16
+  if m <= 16:
+    cfg = TileConfig(block_m=16, block_n=min(block_n, 64), block_k=128, num_warps=4, num_stages=4)
+  elif m <= 64:
+    cfg = TileConfig(block_m=32 if m <= 32 else 64, block_n=block_n, block_k=128, num_warps=4, num_stages=4)
+  else:
+    cfg = TileConfig(block_m=128, block_n=block_n, block_k=64, num_warps=8, num_stages=3)
+  while tile_smem_reason(cfg, x_itemsize, 1) is not None:
+    if cfg.num_stages > 2:
+      cfg = dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
+    else:
+      cfg = dataclasses.replace(cfg, block_k=cfg.block_k // 2)
+  return cfg
+
+
+def tile_autotune_configs() -> tuple[TileConfig, ...]:
+  """Candidate tiles the GPU autotuner times for the 8-bit kernels."""
+  return tuple(
+      TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=s)
+      for bm, bn, bk, w, s in ((16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (32, 128, 128, 4, 4),
+                               (64, 128, 128, 4, 4), (128, 128, 64, 8, 3), (128, 128, 128, 8, 3),
+                               (128, 256, 64, 8, 3), (64, 256, 128, 8, 3)))
+
+
+def tile_smem_reason(cfg: TileConfig, x_itemsize: int, w_itemsize: int, budget: int = 160 * 1024) -> str | None:
+  """Reason string when the pipelined x/w tiles of ``cfg`` exceed the shared-memory budget, else None."""
+  smem = cfg.num_stages * cfg.block_k * (cfg.block_m * x_itemsize + cfg.block_n * w_itemsize)
+  if smem > budget:
+    return (f"{cfg} needs ~{smem // 1024} KiB of pipelined shared memory (> {budget // 1024} KiB); "
+            "lower num_stages or the block sizes.")
+  return None

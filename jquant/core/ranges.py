@@ -67,13 +67,24 @@ def _mse_search(t, qtype: QType, symmetric: bool, method: cm.MSE):
   return lo0 * best, hi0 * best, amax0 * best
 
 
-def _kl_threshold(a: jax.Array, nq: int, bins: int) -> jax.Array:
-  """TensorRT entropy calibration on one tile's |x| values ``a`` (T,): returns the clipping threshold."""
-  amax = jnp.max(a)
-  safe = jnp.where(amax > 0, amax, 1.0)
-  width = safe / bins
-  idx = jnp.clip(jnp.floor(a / width).astype(jnp.int32), 0, bins - 1)
-  hist = jnp.bincount(idx, length=bins).astype(jnp.float32)
+def kl_threshold_bins(hist: jax.Array, nq: int) -> jax.Array:
+  """TensorRT entropy calibration on one histogram of ``|x|``: how many leading bins to keep.
+
+  Args:
+    hist: (bins,) float32 counts over equal-width bins ``[i * width, (i + 1) * width)`` starting at 0.
+    nq: number of quantized levels on one side (``qmax + 1``; 128 for int8).
+
+  Returns:
+    int32 scalar ``i`` in ``[nq, bins]``: clip at ``i * width``. Also used by the streaming KL observer
+    (`jquant.calibration`), whose histogram is accumulated over batches.
+
+  Raises:
+    ValueError: ``bins < nq`` (there is no candidate threshold).
+  """
+  bins = hist.shape[-1]
+  if bins < nq:
+    raise ValueError(f"KL calibration with {bins} bins cannot resolve {nq} quantized levels; use "
+                     f"KL(bins=...) with bins >= {nq} (e.g. 2048).")
   j = jnp.arange(bins)
   csum = jnp.cumsum(hist[::-1])[::-1]   # csum[i] = sum(hist[i:])
 
@@ -93,7 +104,17 @@ def _kl_threshold(a: jax.Array, nq: int, bins: int) -> jax.Array:
 
   cands = jnp.arange(nq, bins + 1)
   kls = jax.lax.map(kl_for, cands)
-  best = cands[jnp.argmin(kls)]
+  return cands[jnp.argmin(kls)]
+
+
+def _kl_threshold(a: jax.Array, nq: int, bins: int) -> jax.Array:
+  """TensorRT entropy calibration on one tile's |x| values ``a`` (T,): returns the clipping threshold."""
+  amax = jnp.max(a)
+  safe = jnp.where(amax > 0, amax, 1.0)
+  width = safe / bins
+  idx = jnp.clip(jnp.floor(a / width).astype(jnp.int32), 0, bins - 1)
+  hist = jnp.bincount(idx, length=bins).astype(jnp.float32)
+  best = kl_threshold_bins(hist, nq)
   return jnp.where(amax > 0, (best.astype(jnp.float32)) * width, 0.0)
 
 

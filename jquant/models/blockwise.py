@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -10,12 +11,12 @@ import jax
 PyTree = Any
 
 
-class BlockwiseBase:
+class BlockwiseBase(abc.ABC):
   """Holds a full Linen model and its (homogeneous) block module; subclasses say how to call them.
 
   Subclasses set ``self.module`` (the full model), ``self._block`` (one block module, unnamed), ``self._prefix``
-  (block param key prefix) and ``self._num_blocks``, and implement ``_embed_fn``, ``_block_args`` and
-  ``_head_fn``.
+  (block param key prefix) and ``self._num_blocks`` before calling ``super().__init__()``, and implement
+  ``embed``, ``_block_args``, ``head`` and ``apply``.
   """
 
   module: nn.Module
@@ -32,8 +33,9 @@ class BlockwiseBase:
   def block_names(self) -> Sequence[str]:
     return tuple(f"{self._prefix}{i}" for i in range(self._num_blocks))
 
+  @abc.abstractmethod
   def embed(self, params: PyTree, batch: PyTree) -> tuple[jax.Array, PyTree]:
-    raise NotImplementedError  # overridden
+    """Runs everything before the first block; returns (hidden (B, T, hidden), ctx)."""
 
   def apply_block(self, i: int, block_params: PyTree, hidden: jax.Array, ctx: PyTree) -> jax.Array:
     """Runs block ``i`` as a Linen module (so ``nn.intercept_methods`` sees each Linear call).
@@ -51,18 +53,29 @@ class BlockwiseBase:
       raise ValueError(f"apply_block: block index must be an int in [0, {self._num_blocks}), got {i!r}.")
     return self._run_block(block_params, hidden, ctx)
 
+  @abc.abstractmethod
   def head(self, params: PyTree, hidden: jax.Array, ctx: PyTree) -> jax.Array:
-    raise NotImplementedError  # overridden
+    """Runs everything after the last block (final norm + LM head, or pooling)."""
 
+  @abc.abstractmethod
   def apply(self, params: PyTree, batch: PyTree) -> jax.Array:
-    raise NotImplementedError  # overridden
+    """The whole model in one Linen apply (equal to embed -> blocks -> head)."""
 
   # --- helpers ---
   def _run_block(self, block_params: PyTree, hidden: jax.Array, ctx: PyTree) -> jax.Array:
     return self._block.apply({"params": block_params}, hidden, *self._block_args(ctx))
 
+  @abc.abstractmethod
   def _block_args(self, ctx: PyTree) -> tuple:
-    raise NotImplementedError  # overridden
+    """The block module's positional arguments after ``hidden``, taken from ctx."""
+
+  def hidden_states(self, params: PyTree, batch: PyTree) -> tuple[jax.Array, PyTree]:
+    """embed -> every block, jit-compiled (one block program reused for all blocks). Returns (hidden, ctx)."""
+    self._check_params(params)
+    hidden, ctx = self._jit_embed(params, batch)
+    for name in self.block_names():
+      hidden = self._jit_block(params[name], hidden, ctx)
+    return hidden, ctx
 
   def forward_blockwise(self, params: PyTree, batch: PyTree) -> jax.Array:
     """Same result as ``apply`` via one jit-compiled block function reused for every block.
@@ -71,10 +84,7 @@ class BlockwiseBase:
     keeps compile time flat in depth. Blocks whose params differ in structure (e.g. mixed quantization)
     compile once per distinct structure.
     """
-    self._check_params(params)
-    hidden, ctx = self._jit_embed(params, batch)
-    for name in self.block_names():
-      hidden = self._jit_block(params[name], hidden, ctx)
+    hidden, ctx = self.hidden_states(params, batch)
     return self._jit_head(params, hidden, ctx)
 
   def _check_params(self, params: PyTree) -> None:

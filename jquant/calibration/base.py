@@ -1,0 +1,141 @@
+"""The observer protocol: a NamedTuple of pure ``init`` / ``update`` / ``finalize`` functions, plus `chain`.
+
+An observer accumulates range statistics of activations over calibration batches (static quantization):
+
+    obs = jq.calibration.observer(spec)
+    state = obs.init(x0)                 # NamedTuple of fixed-shape arrays
+    for x in batches:
+      state = obs.update(state, x)       # pure; works under jax.jit and as a lax.scan body
+    scale, zero_point = obs.finalize(state)
+    qa = jq.quantize(x, spec, scale=scale, zero_point=zero_point)
+
+Every state carries ``count`` (batches seen) and ``nonfinite`` (NaN/inf values seen while traced). Eagerly,
+``update`` raises on NaN/inf and ``finalize`` raises on an empty or non-finite calibration; under ``jax.jit`` the
+non-finite values are left out of the statistics, counted in ``state.nonfinite``, and a traced ``finalize``
+returns a NaN scale for such states (check ``state.count`` / ``state.nonfinite`` outside jit).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jquant.core import ranges, tiling
+from jquant.core.granularity import PerToken, scale_shape
+from jquant.core.quantize import check_finite, check_float_array
+from jquant.core.spec import QuantSpec
+
+
+class Observer(NamedTuple):
+  """A calibration observer: three pure, jittable functions.
+
+  Attributes:
+    init: ``init(x_example) -> state``; the state's shapes follow ``x_example``'s scale shape.
+    update: ``update(state, x) -> state`` for one batch ``x``.
+    finalize: ``finalize(state) -> (scale, zero_point)``, both of shape ``spec.granularity.scale_shape(x.shape)``
+      (zero_point None for symmetric specs), ready for ``jq.quantize(x, spec, scale=, zero_point=)``.
+  """
+
+  init: Callable[[jax.Array], Any]
+  update: Callable[[Any, jax.Array], Any]
+  finalize: Callable[[Any], Any]
+
+
+def chain(*observers: Observer) -> Observer:
+  """Runs several observers on the same batches; the state and the finalized params are tuples, one per observer.
+
+  Raises:
+    TypeError: an argument is not an `Observer`.
+    ValueError: no observers, or (at update/finalize) a state that is not the tuple this chain's init returned.
+  """
+  if not observers:
+    raise ValueError("chain() needs at least one observer, e.g. chain(observer(spec_a), observer(spec_b)).")
+  for i, o in enumerate(observers):
+    if not isinstance(o, Observer):
+      raise TypeError(f"chain(): argument {i} is a {type(o).__name__}, expected a jq.calibration.Observer "
+                      "(build one with jq.calibration.observer(spec)).")
+
+  def check(states, where):
+    if not isinstance(states, tuple) or len(states) != len(observers):
+      got = f"{len(states)} states" if isinstance(states, tuple) else f"a {type(states).__name__}"
+      raise ValueError(f"chain().{where} got {got} for {len(observers)} observers; pass the state returned "
+                       "by this chain's init().")
+
+  def init(x):
+    return tuple(o.init(x) for o in observers)
+
+  def update(states, x):
+    check(states, "update")
+    return tuple(o.update(s, x) for o, s in zip(observers, states))
+
+  def finalize(states):
+    check(states, "finalize")
+    return tuple(o.finalize(s) for o, s in zip(observers, states))
+
+  return Observer(init, update, finalize)
+
+
+def check_static_spec(spec: QuantSpec, what: str) -> None:
+  if not isinstance(spec, QuantSpec):
+    raise TypeError(f"{what}: spec must be a jq.QuantSpec, got {type(spec).__name__}.")
+  if isinstance(spec.granularity, PerToken):
+    raise ValueError(f"{what}: PerToken() ranges change with every batch (tokens differ), so they cannot be "
+                     "calibrated statically; use jq.calibration.dynamic_per_token(x, spec) at run time, or a "
+                     "static granularity such as jq.PerTensor() or jq.PerChannel(axis=-1).")
+
+
+def example_scale_shape(x, spec: QuantSpec, what: str) -> tuple[int, ...]:
+  """Validates an example batch and returns its scale shape."""
+  x = check_float_array(x, "x_example")
+  if x.ndim == 0:
+    raise ValueError(f"{what}.init: got a scalar example; pass a batch of rank >= 1 such as (tokens, features).")
+  return scale_shape(spec.granularity, x.shape)
+
+
+def batch_tiles(state, x, spec: QuantSpec, expected: tuple[int, ...], what: str, state_type: type):
+  """Validates one batch against the state and returns (tiles, valid, n_nonfinite).
+
+  tiles: (*scale_shape, T) float32 with non-finite values replaced by 0; valid: same shape, bool.
+  """
+  if not isinstance(state, state_type):
+    raise TypeError(f"{what}.update: state is a {type(state).__name__}, expected the {state_type.__name__} "
+                    f"returned by this observer's init().")
+  x = check_float_array(x)
+  if x.ndim != len(expected):
+    raise ValueError(f"{what}.update: batch has shape {tuple(x.shape)} (rank {x.ndim}) but the observer was "
+                     f"initialised for rank {len(expected)} (scale shape {expected}); feed batches shaped like "
+                     "the init() example.")
+  got = scale_shape(spec.granularity, x.shape)
+  if got != expected:
+    raise ValueError(f"{what}.update: batch of shape {tuple(x.shape)} gives scale shape {got} under "
+                     f"{spec.granularity}, but the observer holds scale shape {expected}; batch shapes may only "
+                     "change along axes that the granularity reduces over (e.g. the token axis for PerChannel).")
+  check_finite(x, "calibration batch")   # eager: raises; traced: counted below
+  t = tiling.to_tiles(x.astype(jnp.float32), spec.granularity.block_shape(x.shape))
+  valid = jnp.isfinite(t)
+  return jnp.where(valid, t, 0.0), valid, jnp.sum(~valid).astype(jnp.int32)
+
+
+def params_from_range(state, lo, hi, spec: QuantSpec, what: str):
+  """(scale, zero_point) from a finalized range, with the empty / non-finite checks (see the module doc)."""
+  traced = isinstance(state.count, jax.core.Tracer) or isinstance(state.nonfinite, jax.core.Tracer)
+  if not traced:
+    if int(state.count) == 0:
+      raise ValueError(f"{what}.finalize: no calibration batches were observed; feed at least one batch "
+                       "with state = observer.update(state, x) before finalize.")
+    if int(state.nonfinite) > 0:
+      raise ValueError(f"{what}.finalize: {int(state.nonfinite)} NaN/inf values were seen during calibration "
+                       "(they were left out of the statistics); fix the inputs or clean them with jnp.nan_to_num.")
+  qt = spec.qtype
+  scale, zp = ranges.scale_from_range(lo, hi, qt, spec.symmetric)
+  if spec.scale_dtype != "float32":
+    scale = scale.astype(spec.scale_jnp_dtype).astype(jnp.float32)
+    if zp is not None:
+      zp = jnp.clip(jnp.round(qt.qmin - jnp.minimum(lo, 0.0) / scale), qt.qmin, qt.qmax)
+  ok = (state.count > 0) & (state.nonfinite == 0)
+  scale = jnp.where(ok, scale, jnp.nan)
+  if zp is not None:
+    zp = jnp.where(ok, zp, jnp.nan)
+  return scale, zp

@@ -1,0 +1,66 @@
+"""Triton-lowered Pallas body and ``pallas_call`` for the FP8 matmul (the only backend-specific file).
+
+Inputs arrive padded and block-aligned from ``ops.py``: x (Mp, Kp) fp8, w (Np, Kp) fp8, x_scale (Mp, 1) float32,
+w_scale (1, Np) float32. Grid (Mp / bm, Np / bn). The fp8 values feed ``tt.dot`` untouched (the lowering has no
+pointwise ops on 8-bit floats); on sm90 Triton emits e4m3 -> f16 converts plus an f16 MMA rather than an fp8 wgmma
+(KERNELS.md), so this kernel saves memory traffic, not MMA time.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from pallas_kernels import _common
+
+_DOT_NT = (((1,), (1,)), ((), ()))
+
+
+def _kernel(x_ref, w_ref, xs_ref, ws_ref, o_ref, *, block_k, n_steps):
+  block_m, block_n = x_ref.shape[0], w_ref.shape[0]
+
+  def body(t, acc):
+    k0 = pl.multiple_of(t * block_k, block_k)
+    x = x_ref[:, pl.ds(k0, block_k)]
+    w = w_ref[:, pl.ds(k0, block_k)]
+    return acc + jax.lax.dot_general(x, w, _DOT_NT, preferred_element_type=jnp.float32)
+
+  acc = jax.lax.fori_loop(0, n_steps, body, jnp.zeros((block_m, block_n), jnp.float32))
+  o_ref[...] = (acc * xs_ref[...] * ws_ref[...]).astype(o_ref.dtype)
+
+
+def fp8_matmul_triton(
+    x: jax.Array,
+    w: jax.Array,
+    x_scale: jax.Array,
+    w_scale: jax.Array,
+    *,
+    out_dtype: jnp.dtype,
+    block_m: int,
+    block_n: int,
+    block_k: int,
+    num_warps: int,
+    num_stages: int,
+    interpret: bool,
+) -> jax.Array:
+  """Runs the kernel on aligned inputs; returns (Mp, Np) ``out_dtype``."""
+  mp, kp = x.shape
+  np_ = w.shape[0]
+  return pl.pallas_call(
+      functools.partial(_kernel, block_k=block_k, n_steps=kp // block_k),
+      out_shape=jax.ShapeDtypeStruct((mp, np_), out_dtype),
+      grid=(mp // block_m, np_ // block_n),
+      in_specs=[
+          pl.BlockSpec((block_m, kp), lambda i, j: (i, 0)),
+          pl.BlockSpec((block_n, kp), lambda i, j: (j, 0)),
+          pl.BlockSpec((block_m, 1), lambda i, j: (i, 0)),
+          pl.BlockSpec((1, block_n), lambda i, j: (0, j)),
+      ],
+      out_specs=pl.BlockSpec((block_m, block_n), lambda i, j: (i, j)),
+      compiler_params=_common.triton_compiler_params(num_warps, num_stages),
+      interpret=interpret,
+      name="fp8_matmul",
+  )(x, w, x_scale, w_scale)
