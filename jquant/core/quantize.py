@@ -31,16 +31,23 @@ def check_float_array(x, what: str = "x") -> jax.Array:
   return x if isinstance(x, jax.Array) else jnp.asarray(x)
 
 
+@jax.jit
+def _all_finite(x):
+  return jnp.all(jnp.isfinite(x))
+
+
 def check_finite(x: jax.Array, what: str = "x") -> None:
-  """Raises ValueError if a concrete array holds NaN/inf (skipped for tracers inside jit)."""
-  if isinstance(x, jax.core.Tracer):
+  """Raises ValueError if a concrete array holds NaN/inf (skipped for tracers inside jit).
+
+  The check is a jitted reduction, so a sharded array is not gathered to one device unless it is bad.
+  """
+  if isinstance(x, jax.core.Tracer) or bool(_all_finite(x)):
     return
   bad = ~np.isfinite(np.asarray(jax.device_get(x), dtype=np.float32))
-  if bad.any():
-    first = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(f"{what} of shape {tuple(x.shape)} has {int(bad.sum())} NaN/inf values (first at index "
-                     f"{first}); quantization needs finite values. Fix the source (a diverged checkpoint?) or "
-                     f"clean it with jnp.nan_to_num before quantizing.")
+  first = tuple(int(i) for i in np.argwhere(bad)[0])
+  raise ValueError(f"{what} of shape {tuple(x.shape)} has {int(bad.sum())} NaN/inf values (first at index "
+                   f"{first}); quantization needs finite values. Fix the source (a diverged checkpoint?) or "
+                   f"clean it with jnp.nan_to_num before quantizing.")
 
 
 def compute_qparams(x: jax.Array, spec: QuantSpec):
@@ -48,8 +55,7 @@ def compute_qparams(x: jax.Array, spec: QuantSpec):
   zero_point float32 holding integers (or None), both of shape ``spec.granularity.scale_shape``."""
   qt = spec.qtype
   block = spec.granularity.block_shape(x.shape)
-  t = tiling.to_tiles(x.astype(jnp.float32), block)
-  lo, hi = ranges.tile_range(t, qt, spec.symmetric, spec.calibration)
+  lo, hi = ranges.range_of(x.astype(jnp.float32), block, qt, spec.symmetric, spec.calibration)
   scale, zp = ranges.scale_from_range(lo, hi, qt, spec.symmetric)
   if spec.scale_dtype != "float32":
     scale = scale.astype(spec.scale_jnp_dtype).astype(jnp.float32)
