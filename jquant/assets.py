@@ -73,7 +73,8 @@ def _run_pip(args: list[str], what: str, manual: str) -> None:
     raise AssetError(f"could not run pip to fetch {what} ({e}). Fetch it manually with:\n  {manual}") from e
   if proc.returncode != 0:
     tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-    raise AssetError(f"failed to fetch {what} (pip exit code {proc.returncode}; offline?). pip said:\n{tail}\n"
+    said = f" pip said:\n{tail}" if tail else ""
+    raise AssetError(f"failed to fetch {what} (pip exit code {proc.returncode}; offline?).{said}\n"
                      f"Fetch it when online with:\n  {manual}\nor run `python -m jquant fetch-assets`.")
   _log(f"fetched {what}")
 

@@ -86,48 +86,82 @@ def check_static_spec(spec: QuantSpec, what: str) -> None:
                      "static granularity such as jq.PerTensor() or jq.PerChannel(axis=-1).")
 
 
-def example_scale_shape(x, spec: QuantSpec, what: str) -> tuple[int, ...]:
-  """Validates an example batch and returns its scale shape."""
-  x = check_float_array(x, "x_example")
-  if x.ndim == 0:
-    raise ValueError(f"{what}.init: got a scalar example; pass a batch of rank >= 1 such as (tokens, features).")
-  return scale_shape(spec.granularity, x.shape)
+def make_observer(spec: QuantSpec, what: str, state_type: type, init_state, step, final_range) -> Observer:
+  """Builds an `Observer` from its pure parts, adding the input checks and a compiled fast path.
 
+  Args:
+    spec: the (static-granularity) spec.
+    what: the observer's name, for messages.
+    state_type: the NamedTuple type of the state; it has ``count`` and ``nonfinite`` fields.
+    init_state: ``scale_shape -> state``.
+    step: ``(state, tiles, valid, n_nonfinite) -> state``; ``tiles`` (*scale_shape, T) float32 with non-finite
+      entries zeroed and ``valid`` False there.
+    final_range: ``state -> (lo, hi)`` of scale shape.
 
-def batch_tiles(state, x, spec: QuantSpec, expected: tuple[int, ...], what: str, state_type: type):
-  """Validates one batch against the state and returns (tiles, valid, n_nonfinite).
-
-  tiles: (*scale_shape, T) float32 with non-finite values replaced by 0; valid: same shape, bool.
+  ``update`` / ``finalize`` validate in Python (shapes, state type; NaN/inf and emptiness when called eagerly),
+  then run one jitted computation, so eager use compiles once per batch shape and nesting them in a user's
+  ``jax.jit`` / ``lax.scan`` inlines it.
   """
+
+  def shape_of(state):
+    return tuple(state.lo.shape)
+
+  @jax.jit
+  def _update(state, x):
+    t = tiling.to_tiles(x.astype(jnp.float32), spec.granularity.block_shape(x.shape))
+    valid = jnp.isfinite(t)
+    return step(state, jnp.where(valid, t, 0.0), valid, jnp.sum(~valid).astype(jnp.int32))
+
+  @jax.jit
+  def _finalize(state):
+    lo, hi = final_range(state)
+    return params_from_range(state, lo, hi, spec)
+
+  def init(x_example):
+    x = check_float_array(x_example, "x_example")
+    if x.ndim == 0:
+      raise ValueError(f"{what}.init: got a scalar example; pass a batch of rank >= 1 such as (tokens, features).")
+    return init_state(scale_shape(spec.granularity, x.shape))
+
+  def update(state, x):
+    _check_state(state, state_type, what, "update")
+    x = check_float_array(x)
+    expected = shape_of(state)
+    if x.ndim != len(expected):
+      raise ValueError(f"{what}.update: batch has shape {tuple(x.shape)} (rank {x.ndim}) but the observer was "
+                       f"initialised for rank {len(expected)} (scale shape {expected}); feed batches shaped like "
+                       "the init() example.")
+    got = scale_shape(spec.granularity, x.shape)
+    if got != expected:
+      raise ValueError(f"{what}.update: batch of shape {tuple(x.shape)} gives scale shape {got} under "
+                       f"{spec.granularity}, but the observer holds scale shape {expected}; batch shapes may only "
+                       "change along axes that the granularity reduces over (e.g. the token axis for PerChannel).")
+    check_finite(x, "calibration batch")   # eager: raises; traced: counted in state.nonfinite
+    return _update(state, x)
+
+  def finalize(state):
+    _check_state(state, state_type, what, "finalize")
+    if not (isinstance(state.count, jax.core.Tracer) or isinstance(state.nonfinite, jax.core.Tracer)):
+      if int(state.count) == 0:
+        raise ValueError(f"{what}.finalize: no calibration batches were observed; feed at least one batch "
+                         "with state = observer.update(state, x) before finalize.")
+      if int(state.nonfinite) > 0:
+        raise ValueError(f"{what}.finalize: {int(state.nonfinite)} NaN/inf values were seen during calibration "
+                         "(they were left out of the statistics); fix the inputs or clean them with "
+                         "jnp.nan_to_num.")
+    return _finalize(state)
+
+  return Observer(init, update, finalize)
+
+
+def _check_state(state, state_type: type, what: str, where: str) -> None:
   if not isinstance(state, state_type):
-    raise TypeError(f"{what}.update: state is a {type(state).__name__}, expected the {state_type.__name__} "
+    raise TypeError(f"{what}.{where}: state is a {type(state).__name__}, expected the {state_type.__name__} "
                     f"returned by this observer's init().")
-  x = check_float_array(x)
-  if x.ndim != len(expected):
-    raise ValueError(f"{what}.update: batch has shape {tuple(x.shape)} (rank {x.ndim}) but the observer was "
-                     f"initialised for rank {len(expected)} (scale shape {expected}); feed batches shaped like "
-                     "the init() example.")
-  got = scale_shape(spec.granularity, x.shape)
-  if got != expected:
-    raise ValueError(f"{what}.update: batch of shape {tuple(x.shape)} gives scale shape {got} under "
-                     f"{spec.granularity}, but the observer holds scale shape {expected}; batch shapes may only "
-                     "change along axes that the granularity reduces over (e.g. the token axis for PerChannel).")
-  check_finite(x, "calibration batch")   # eager: raises; traced: counted below
-  t = tiling.to_tiles(x.astype(jnp.float32), spec.granularity.block_shape(x.shape))
-  valid = jnp.isfinite(t)
-  return jnp.where(valid, t, 0.0), valid, jnp.sum(~valid).astype(jnp.int32)
 
 
-def params_from_range(state, lo, hi, spec: QuantSpec, what: str):
-  """(scale, zero_point) from a finalized range, with the empty / non-finite checks (see the module doc)."""
-  traced = isinstance(state.count, jax.core.Tracer) or isinstance(state.nonfinite, jax.core.Tracer)
-  if not traced:
-    if int(state.count) == 0:
-      raise ValueError(f"{what}.finalize: no calibration batches were observed; feed at least one batch "
-                       "with state = observer.update(state, x) before finalize.")
-    if int(state.nonfinite) > 0:
-      raise ValueError(f"{what}.finalize: {int(state.nonfinite)} NaN/inf values were seen during calibration "
-                       "(they were left out of the statistics); fix the inputs or clean them with jnp.nan_to_num.")
+def params_from_range(state, lo, hi, spec: QuantSpec):
+  """(scale, zero_point) from a finalized range; NaN where the state is empty or saw non-finite values."""
   qt = spec.qtype
   scale, zp = ranges.scale_from_range(lo, hi, qt, spec.symmetric)
   if spec.scale_dtype != "float32":

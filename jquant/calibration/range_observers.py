@@ -41,38 +41,36 @@ def _batch_range(t, valid, symmetric: bool):
 def _range_observer(spec: QuantSpec, what: str, combine) -> base.Observer:
   base.check_static_spec(spec, what)
 
-  def init(x_example):
-    shape = base.example_scale_shape(x_example, spec, what)
+  def init_state(shape):
+    z = jnp.zeros((), jnp.int32)
+    if spec.symmetric:
+      return RangeState(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32), z, z)
     inf = jnp.full(shape, jnp.inf, jnp.float32)
-    lo, hi = (-jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)) if spec.symmetric else (inf, -inf)
-    return RangeState(lo, hi, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    return RangeState(inf, -inf, z, z)
 
-  def update(state, x):
-    t, valid, bad = base.batch_tiles(state, x, spec, tuple(state.hi.shape), what, RangeState)
-    blo, bhi = _batch_range(t, valid, spec.symmetric)
-    lo, hi = combine(state, blo, bhi)
+  def step(state, t, valid, bad):
+    lo, hi = combine(state, *_batch_range(t, valid, spec.symmetric))
     return RangeState(lo.astype(jnp.float32), hi.astype(jnp.float32), state.count + 1, state.nonfinite + bad)
 
-  def finalize(state):
-    if not isinstance(state, RangeState):
-      raise TypeError(f"{what}.finalize: state is a {type(state).__name__}, expected a RangeState from init().")
-    return base.params_from_range(state, state.lo, state.hi, spec, what)
+  return base.make_observer(spec, what, RangeState, init_state, step, lambda s: (s.lo, s.hi))
 
-  return base.Observer(init, update, finalize)
+
+def _running(s, lo, hi):
+  return jnp.minimum(s.lo, lo), jnp.maximum(s.hi, hi)
 
 
 def absmax_observer(spec: QuantSpec) -> base.Observer:
   """Running per-tile max of ``|x|`` (symmetric specs): after batches x_1..x_n it equals AbsMax of their concat."""
   if not spec.symmetric:
     raise ValueError("absmax_observer: spec is asymmetric; use minmax_observer (calibration=jq.MinMax()).")
-  return _range_observer(spec, "absmax_observer", lambda s, lo, hi: (jnp.minimum(s.lo, lo), jnp.maximum(s.hi, hi)))
+  return _range_observer(spec, "absmax_observer", _running)
 
 
 def minmax_observer(spec: QuantSpec) -> base.Observer:
   """Running per-tile min and max (asymmetric specs); finalize widens the range to contain 0."""
   if spec.symmetric:
     raise ValueError("minmax_observer: spec is symmetric; use absmax_observer (calibration=jq.AbsMax()).")
-  return _range_observer(spec, "minmax_observer", lambda s, lo, hi: (jnp.minimum(s.lo, lo), jnp.maximum(s.hi, hi)))
+  return _range_observer(spec, "minmax_observer", _running)
 
 
 def ema_observer(spec: QuantSpec) -> base.Observer:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jquant.core import calibration_methods as cm
 from jquant.core import ranges, tiling
 from jquant.core.double_quant import DoubleQuantScale, double_quantize
 from jquant.core.granularity import group_axis, scale_shape
@@ -53,15 +54,31 @@ def check_finite(x: jax.Array, what: str = "x") -> None:
 def compute_qparams(x: jax.Array, spec: QuantSpec):
   """The (scale, zero_point) that ``quantize(x, spec)`` uses; scale float32 (rounded through spec.scale_dtype),
   zero_point float32 holding integers (or None), both of shape ``spec.granularity.scale_shape``."""
+  return _qparams_and_flag(x, spec)[:2]
+
+
+def _qparams_and_flag(x: jax.Array, spec: QuantSpec):
+  """(scale, zero_point, all_finite(x)). For max-based ranges the flag comes from the reduced range (NaN and inf
+  propagate through max/min), so it costs no extra pass over ``x``."""
   qt = spec.qtype
   block = spec.granularity.block_shape(x.shape)
-  lo, hi = ranges.range_of(x.astype(jnp.float32), block, qt, spec.symmetric, spec.calibration)
+  xf = x.astype(jnp.float32)
+  lo, hi = ranges.range_of(xf, block, qt, spec.symmetric, spec.calibration)
+  if isinstance(spec.calibration, (cm.AbsMax, cm.MinMax, cm.EMA)):
+    flag = jnp.all(jnp.isfinite(lo)) & jnp.all(jnp.isfinite(hi))   # range_of maps NaN to +-inf: no extra pass
+  else:
+    flag = jnp.all(jnp.isfinite(x))
   scale, zp = ranges.scale_from_range(lo, hi, qt, spec.symmetric)
   if spec.scale_dtype != "float32":
     scale = scale.astype(spec.scale_jnp_dtype).astype(jnp.float32)
     if zp is not None:
       zp = jnp.clip(jnp.round(qt.qmin - jnp.minimum(lo, 0.0) / scale), qt.qmin, qt.qmax)
-  return scale, zp
+  return scale, zp, flag
+
+
+def _needs_clip(qtype: QType) -> bool:
+  info = jnp.iinfo(qtype.storage_dtype)
+  return (float(info.min), float(info.max)) != (qtype.qmin, qtype.qmax)
 
 
 def quantize_with_params(x, scale, zero_point, qtype: QType, block, *, key=None, stochastic: bool = False):
@@ -77,7 +94,9 @@ def quantize_with_params(x, scale, zero_point, qtype: QType, block, *, key=None,
         r = jnp.round(v)
       if z is not None:
         r = r + z
-      return jnp.clip(r, qtype.qmin, qtype.qmax)
+      # XLA's float->int convert saturates to the storage range, so the clip is only needed when the qtype's
+      # range is narrower than its storage (int3 in int8); skipping it halves the cost on CPU.
+      return jnp.clip(r, qtype.qmin, qtype.qmax) if _needs_clip(qtype) else r
     zf = None if zero_point is None else zero_point.astype(jnp.float32)
     return tiling.broadcast_apply(f, x, block, scale, zf).astype(qtype.storage_dtype)
   if qtype.is_float:
@@ -103,18 +122,35 @@ def dequantize_values(q, scale, zero_point, qtype: QType, block) -> jax.Array:
                                 zero_point.astype(jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
-def _quantize_jit(x, scale, zero_point, key, *, spec: QuantSpec):
+@functools.partial(jax.jit, static_argnames=("spec", "with_finite_flag"))
+def _quantize_jit(x, scale, zero_point, key, *, spec: QuantSpec, with_finite_flag: bool = False):
+  """Quantizes; with ``with_finite_flag`` also returns all(isfinite(x)) computed in the same pass."""
   block = spec.granularity.block_shape(x.shape)
   if scale is None:
-    scale, zero_point = compute_qparams(x, spec)
+    scale, zero_point, flag = _qparams_and_flag(x, spec)
   else:
     scale = scale.astype(spec.scale_jnp_dtype).astype(jnp.float32)
     zero_point = None if zero_point is None else jnp.round(zero_point.astype(jnp.float32))
+    flag = jnp.all(jnp.isfinite(x))
   q = quantize_with_params(x, scale, zero_point, spec.qtype, block, key=key, stochastic=spec.stochastic_rounding)
   zp = None if zero_point is None else zero_point.astype(_zp_dtype(spec.qtype))
   stored = double_quantize(scale, spec.double_quant_block) if spec.double_quant else scale.astype(spec.scale_jnp_dtype)
-  return QArray(qvalue=q, scale=stored, zero_point=zp, g_idx=None, qtype=spec.qtype, spec=spec, dtype=str(x.dtype))
+  qa = QArray(qvalue=q, scale=stored, zero_point=zp, g_idx=None, qtype=spec.qtype, spec=spec, dtype=str(x.dtype))
+  if with_finite_flag:
+    return qa, flag
+  return qa
+
+
+def quantize_checked(x, spec: QuantSpec, *, what: str = "x"):
+  """Dispatches `quantize` for a concrete ``x`` and returns (qarray, finite_flag) without waiting; call
+  `raise_if_not_finite` on the flag later. Lets many leaves be quantized back to back (quantize_params)."""
+  return _quantize_jit(x, None, None, None, spec=spec, with_finite_flag=True)
+
+
+def raise_if_not_finite(flag, x, what: str = "x") -> None:
+  if not bool(flag):
+    check_finite(x, what)
+    raise ValueError(f"{what}: quantization produced non-finite scales; check the values of {what}.")
 
 
 def _zp_dtype(qtype: QType):
@@ -164,7 +200,11 @@ def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check
         raise ValueError(f"quantize: zero_point has shape {tuple(zero_point.shape)}, expected {expected}.")
   elif zero_point is not None:
     raise ValueError("quantize: zero_point was given without scale; pass both (static) or neither (dynamic).")
-  if check_finite_values:
+  if check_finite_values and not isinstance(x, jax.core.Tracer):
+    if scale is None and not spec.stochastic_rounding:
+      qa, ok = quantize_checked(x, spec)
+      raise_if_not_finite(ok, x)
+      return qa
     check_finite(x)
   return _quantize_jit(x, scale, zero_point, key, spec=spec)
 

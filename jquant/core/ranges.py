@@ -147,10 +147,19 @@ def range_of(x: jax.Array, block, qtype: QType, symmetric: bool, method) -> tupl
   methods (Percentile, MSE, KL) work on contiguous tiles.
   """
   if isinstance(method, (cm.AbsMax, cm.MinMax, cm.EMA)):
-    xi = x.reshape(tiling.interleaved_shape(x.shape, block))
-    axes = tuple(range(1, 2 * x.ndim, 2))
+    if tiling.is_plain_broadcast(x.shape, block):
+      xi, axes, kw = x, tuple(i for i, b in enumerate(block) if b > 1), dict(keepdims=True)
+    else:
+      xi, axes, kw = x.reshape(tiling.interleaved_shape(x.shape, block)), tuple(range(1, 2 * x.ndim, 2)), {}
+    # XLA:CPU max/min reductions may drop NaN; mapping NaN to +-inf first makes a bad input show as an infinite
+    # range (callers check it) at no extra pass over x.
     if symmetric:
-      hi = jnp.max(jnp.abs(xi), axis=axes)
+      # |x| as int32 bits: integer max is exact for non-negative floats and puts NaN (bits above +inf's) on
+      # top, so a NaN/inf shows up as a non-finite absmax; it also vectorises better than a float max.
+      bits = jax.lax.bitcast_convert_type(xi, jnp.int32) & jnp.int32(0x7FFFFFFF)
+      hi = jax.lax.bitcast_convert_type(jnp.max(bits, axis=axes, **kw), jnp.float32)
       return -hi, hi
-    return jnp.min(xi, axis=axes), jnp.max(xi, axis=axes)
+    nan = jnp.isnan(xi)
+    return (jnp.min(jnp.where(nan, -jnp.inf, xi), axis=axes, **kw),
+            jnp.max(jnp.where(nan, jnp.inf, xi), axis=axes, **kw))
   return tile_range(tiling.to_tiles(x, block), qtype, symmetric, method)

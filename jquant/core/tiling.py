@@ -36,9 +36,17 @@ def to_tiles(x: jax.Array, block: Sequence[int]) -> jax.Array:
   return xt.reshape(tuple(n // b for n, b in zip(x.shape, block)) + (-1,))
 
 
+def is_plain_broadcast(shape: Sequence[int], block: Sequence[int]) -> bool:
+  """True when each axis is either fully reduced or not at all (per-tensor/channel/token): the scale then
+  broadcasts against the value directly, with no interleaved reshape (which XLA:CPU fuses less well)."""
+  return all(b == 1 or b == n for n, b in zip(shape, block))
+
+
 def broadcast_apply(fn, x: jax.Array, block: Sequence[int], *params: jax.Array | None) -> jax.Array:
   """Applies ``fn(x, *params)`` elementwise where each param has the scale shape and is broadcast over its tile."""
   shape = x.shape
+  if is_plain_broadcast(shape, block):
+    return fn(x, *params)
   xi = x.reshape(interleaved_shape(shape, block))
   sv = scale_view_shape(shape, block)
   ps = [None if p is None else p.reshape(sv) for p in params]

@@ -22,37 +22,40 @@ class EmbeddingFidelity:
   n: int
 
 
-def embed_texts(model, params, texts: Sequence[str], batch_size: int = 64, pad_multiple: int = 16) -> np.ndarray:
-  """Embeddings of ``texts`` in fixed-shape batches (one compile for the whole set).
+def embed_texts(model, params, texts: Sequence[str], batch_size: int = 64, min_pad: int = 16) -> np.ndarray:
+  """Embeddings of ``texts`` in length-bucketed, fixed-shape batches.
 
-  Every text is padded to the same length (the longest encoding rounded up to ``pad_multiple``) and the last
-  batch is filled with copies of the first text, so all batches share one shape.
+  Texts are sorted by token count and cut into batches of ``batch_size``; each batch is padded to the next power
+  of two >= its longest encoding (at least ``min_pad``), and the last batch is filled with copies. So the model
+  compiles once per bucket length (at most ~5 shapes for 256-token truncation), never per batch, and padding
+  costs little. Results come back in the input order.
 
   Args:
-    model: a ``jquant.models.MiniLM`` (anything with ``encode_batch`` and ``hidden_states``/``head``).
+    model: a ``jquant.models.MiniLM`` (anything with ``tokenizer``, ``encode_batch`` and ``forward_blockwise``).
     params: its params.
     texts: N strings.
     batch_size: texts per forward pass.
-    pad_multiple: round the padded length up to a multiple of this.
+    min_pad: smallest padded length.
 
   Returns:
     (N, hidden) float32 unit vectors.
   """
-  if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(pad_multiple, int) or pad_multiple < 1:
-    raise ValueError(f"embed_texts: batch_size and pad_multiple must be positive ints, got {batch_size!r}, "
-                     f"{pad_multiple!r}.")
+  if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(min_pad, int) or min_pad < 1:
+    raise ValueError(f"embed_texts: batch_size and min_pad must be positive ints, got {batch_size!r}, {min_pad!r}.")
   texts = list(texts)
   if not texts or not all(isinstance(t, str) for t in texts):
     raise TypeError("embed_texts: texts must be a non-empty sequence of str.")
-  longest = max(len(e.ids) for e in model.tokenizer.encode_batch(texts))
-  pad_to = -(-longest // pad_multiple) * pad_multiple
-  n = len(texts)
-  texts = texts + [texts[0]] * ((-n) % batch_size)
-  out = []
+  lengths = np.array([len(e.ids) for e in model.tokenizer.encode_batch(texts)])
+  order = np.argsort(lengths, kind="stable")
+  out = np.empty((len(texts), model.config.hidden), np.float32)
   for s in range(0, len(texts), batch_size):
-    batch = model.encode_batch(texts[s:s + batch_size], pad_to=pad_to)
-    out.append(np.asarray(model.forward_blockwise(params, batch), np.float32))
-  return np.concatenate(out)[:n]
+    idx = order[s:s + batch_size]
+    chunk = [texts[i] for i in idx]
+    chunk += [chunk[0]] * (batch_size - len(chunk))
+    pad_to = max(min_pad, 1 << int(np.ceil(np.log2(max(int(lengths[idx].max()), 1)))))
+    emb = model.forward_blockwise(params, model.encode_batch(chunk, pad_to=pad_to))
+    out[idx] = np.asarray(emb, np.float32)[:len(idx)]
+  return out
 
 
 def fidelity_metrics(ref: np.ndarray, approx: np.ndarray) -> EmbeddingFidelity:
@@ -112,7 +115,7 @@ def embedding_fidelity(model, params, ref_params=None, text: str | None = None, 
                      f"{min_words} words; need at least 2 (give a longer text or lower min_words).")
   approx = embed_texts(model, params, paras)
   if ref_embeddings is None:
-    ref_embeddings = embed_texts(model, ref_params if ref_params is not None else params, paras)
+    ref_embeddings = approx if ref_params is None else embed_texts(model, ref_params, paras)
   elif np.shape(ref_embeddings) != approx.shape:
     raise ValueError(f"embedding_fidelity: ref_embeddings has shape {np.shape(ref_embeddings)}, expected "
                      f"{approx.shape} (the embeddings of the same {len(paras)} paragraphs).")

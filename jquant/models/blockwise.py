@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import numbers
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -49,7 +50,7 @@ class BlockwiseBase(abc.ABC):
     Returns:
       (B, T, hidden).
     """
-    if not isinstance(i, int) or not 0 <= i < self._num_blocks:
+    if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < self._num_blocks:
       raise ValueError(f"apply_block: block index must be an int in [0, {self._num_blocks}), got {i!r}.")
     return self._run_block(block_params, hidden, ctx)
 

@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Linear", "MatmulFn"]
+from jquant.ops import qdot
+
+__all__ = ["Linear", "MatmulFn", "default_matmul"]
 
 # matmul(x, kernel) -> y with x (..., in), kernel (in, out) a plain array or a jquant.QArray, y (..., out).
 MatmulFn = Callable[[jax.Array, Any], jax.Array]
@@ -26,11 +28,9 @@ def _is_plain_array(x: Any) -> bool:
 
 
 def default_matmul(x: jax.Array, kernel: Any) -> jax.Array:
-  """``x @ kernel`` for a plain kernel; ``jquant.ops.qdot(x, kernel)`` for a quantized (QArray) kernel."""
+  """``x @ kernel`` for a plain kernel; ``jquant.ops.qdot(x, kernel)`` for a ``QArray`` / ``PreparedWeight``."""
   if _is_plain_array(kernel):
     return jnp.matmul(x, kernel.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
-  from jquant.ops import qdot  # pylint: disable=import-outside-toplevel  (ops is optional for fp models)
-
   return qdot(x, kernel)
 
 
@@ -38,7 +38,8 @@ class Linear(nn.Module):
   """``y = (x * input_scale) @ kernel + bias``.
 
   Params (paths relative to this module):
-    kernel: (in, out), a float array or a ``jquant.QArray`` of that logical shape.
+    kernel: (in, out), a float array, or a ``jquant.QArray`` (or ``jquant.ops.PreparedWeight``) of that logical
+      shape, multiplied with ``jquant.ops.qdot``.
     bias: (out,), present when ``use_bias``.
     input_scale: (in,), optional. Used whenever it is present in the params (PTQ methods such as AWQ or
       SmoothQuant add it where the scale cannot be folded into the previous layer); created at init only when

@@ -74,7 +74,7 @@ class MiniLM(BlockwiseBase):
   def init(self, rng: jax.Array, seq_len: int = 8) -> PyTree:
     """Random params (for tests and tiny configs)."""
     ids = jnp.zeros((1, seq_len), jnp.int32)
-    return self.module.init(rng, ids, jnp.ones_like(ids))["params"]
+    return jax.jit(self.module.init)(rng, ids, jnp.ones_like(ids))["params"]
 
   def linear_groups(self) -> Sequence[Sequence[str]]:
     return bert.linear_groups()

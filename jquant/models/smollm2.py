@@ -68,7 +68,7 @@ class SmolLM2(BlockwiseBase):
 
   def init(self, rng: jax.Array, seq_len: int = 8) -> PyTree:
     """Random params (for tests and tiny configs)."""
-    return self.module.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+    return jax.jit(self.module.init)(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
 
   def linear_groups(self) -> Sequence[Sequence[str]]:
     return llama.linear_groups()
@@ -152,13 +152,22 @@ def smollm2_config_from_gguf(reader) -> llama.LlamaConfig:
       intermediate=int(_field(reader, "llama.feed_forward_length")), num_layers=int(_field(reader, "llama.block_count")),
       num_heads=int(_field(reader, "llama.attention.head_count")),
       num_kv_heads=int(_field(reader, "llama.attention.head_count_kv")),
-      rope_base=float(_field(reader, "llama.rope.freq_base")),
-      rms_eps=float(np.float32(_field(reader, "llama.attention.layer_norm_rms_epsilon"))))
+      rope_base=_f32(_field(reader, "llama.rope.freq_base")),
+      rms_eps=_f32(_field(reader, "llama.attention.layer_norm_rms_epsilon")))
+
+
+def _f32(v) -> float:
+  """A float32 metadata value as the shortest decimal that rounds to it (9.9999997e-06 -> 1e-05)."""
+  return float(str(np.float32(v)))
 
 
 def smollm2_params_from_gguf(path: str | Path) -> tuple[llama.LlamaConfig, PyTree]:
   """Reads and dequantizes every tensor of a Llama GGUF into a Linen params dict (kernels (in, out), float32)."""
   gguf, reader = _open_gguf(path)
+  return _params_from_reader(gguf, reader, path)
+
+
+def _params_from_reader(gguf, reader, path) -> tuple[llama.LlamaConfig, PyTree]:
   config = smollm2_config_from_gguf(reader)
   params: dict[str, Any] = {}
   for t in reader.tensors:
@@ -218,5 +227,6 @@ def load_smollm2(path: str | Path | None = None, matmul: MatmulFn | None = None)
     from jquant import assets  # pylint: disable=import-outside-toplevel
 
     path = assets.smollm2_gguf()
-  config, params = smollm2_params_from_gguf(path)
-  return SmolLM2(config, matmul=matmul, tokenizer=smollm2_tokenizer_from_gguf(path)), params
+  gguf, reader = _open_gguf(path)
+  config, params = _params_from_reader(gguf, reader, path)
+  return SmolLM2(config, matmul=matmul, tokenizer=_tokenizer_from_reader(reader)), params

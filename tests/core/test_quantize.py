@@ -140,3 +140,17 @@ def test_sqnr_and_quant_error_match_numpy(rng):
   spec = jq.QuantSpec(qtype=jq.INT4)
   _, deq, *_ = ref.quantize(x, jq.INT4, spec.granularity.block_shape(x.shape), True)
   np.testing.assert_allclose(float(jq.quant_error(jnp.asarray(x), spec)), np.mean((x - deq) ** 2), rtol=1e-3)
+
+
+@pytest.mark.parametrize("qt", [jq.INT8, jq.UINT8, jq.INT4, jq.UINT4, jq.INT3, jq.UINT3, jq.INT2, jq.UINT2])
+def test_integer_codes_saturate_at_the_qtype_range(qt, rng):
+  x = rng.standard_normal((32, 16)).astype(np.float32) * 100
+  sym = qt.signed
+  spec = jq.QuantSpec(qtype=qt, granularity=jq.PerTensor(), symmetric=sym)
+  scale = np.full((1, 1), 0.01, np.float32)           # far too small: most values are out of range
+  zp = None if sym else np.full((1, 1), (qt.qmin + qt.qmax) // 2, np.float32)
+  codes = np.asarray(jq.quantize(jnp.asarray(x), spec, scale=scale, zero_point=zp).qvalue.astype(jnp.float32))
+  z = 0.0 if zp is None else zp[0, 0]
+  want = np.clip(np.round(x.astype(np.float64) / 0.01) + z, qt.qmin, qt.qmax)
+  np.testing.assert_array_equal(codes, want)
+  assert codes.min() == qt.qmin and codes.max() == qt.qmax

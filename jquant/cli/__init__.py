@@ -1,0 +1,44 @@
+"""``python -m jquant``: one module per subcommand.
+
+Each subcommand module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. To add
+one (``demo``, ``quantize``, ``report``), create ``jquant/cli/<name>.py`` and list it in ``SUBCOMMANDS``.
+Results go to stdout; progress and errors go to stderr; failures exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
+# Module names under jquant.cli, in the order `--help` lists them.
+SUBCOMMANDS: tuple[str, ...] = ("fetch_assets", "eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m jquant",
+                                   description="jquant: quantize JAX/Flax models (see README.md).")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+  for mod_name in SUBCOMMANDS:
+    mod = importlib.import_module(f"jquant.cli.{mod_name}")
+    p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+    mod.add_arguments(p)
+    p.set_defaults(_run=mod.run)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Parses ``argv`` and runs the subcommand. Returns the exit code.
+
+  ``ValueError``/``TypeError``/``RuntimeError``/``OSError`` raised by a subcommand are printed to stderr as
+  ``error: ...`` with exit code 1 (argparse usage errors exit 2).
+  """
+  args = build_parser().parse_args(argv)
+  try:
+    return int(args._run(args) or 0)
+  except (ValueError, TypeError, RuntimeError, OSError, NotImplementedError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1

