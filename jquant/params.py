@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jquant.core.qarray import QArray
-from jquant.core.quantize import check_finite, dequantize, quantize
+from jquant.core.quantize import dequantize, quantize, quantize_checked, raise_if_not_finite
 from jquant.core.spec import QuantSpec
 from jquant.report import LeafEntry, QuantReport
 from jquant.rules import QuantConfig, spec_for_leaf
@@ -75,7 +75,7 @@ def _sharded_quantizer(spec: QuantSpec, value_sharding, scale_sharding, has_zp: 
   zp_sh = scale_sharding if has_zp else None
   out = QArray(qvalue=value_sharding, scale=scale_sharding, zero_point=zp_sh, g_idx=None, qtype=spec.qtype,
                spec=spec, dtype="float32")
-  return jax.jit(lambda x: quantize(x, spec, check_finite_values=False), out_shardings=out)
+  return jax.jit(lambda x: quantize_checked(x, spec), out_shardings=(out, None))
 
 
 def _quantize_leaf(x, spec: QuantSpec) -> QArray:
@@ -85,9 +85,11 @@ def _quantize_leaf(x, spec: QuantSpec) -> QArray:
     sshape = tuple(n // b for n, b in zip(x.shape, sshape))
     ssh = _scale_sharding(sharding, x.shape, sshape)
     fn = _sharded_quantizer(spec, sharding, ssh, not spec.symmetric)
-    qa = fn(x)
-    return QArray(qa.qvalue, qa.scale, qa.zero_point, None, qa.qtype, qa.spec, str(x.dtype))
-  return quantize(x, spec, check_finite_values=False)
+    qa, ok = fn(x)
+    return QArray(qa.qvalue, qa.scale, qa.zero_point, None, qa.qtype, qa.spec, str(x.dtype)), ok
+  if isinstance(x, jax.core.Tracer):
+    return quantize(x, spec, check_finite_values=False), None
+  return quantize_checked(x, spec)
 
 
 def quantize_params(params: PyTree, cfg: QuantConfig, *, return_report: bool = False, strict: bool = False,
@@ -114,7 +116,7 @@ def quantize_params(params: PyTree, cfg: QuantConfig, *, return_report: bool = F
     raise TypeError(f"quantize_params: cfg must be a jq.QuantConfig, got {type(cfg).__name__}.")
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   used_rules, used_skips = set(), set()
-  out, entries = [], []
+  out, entries, pending = [], [], []
   for path, leaf in leaves:
     p = path_str(path)
     shape = tuple(getattr(leaf, "shape", ()))
@@ -151,11 +153,14 @@ def quantize_params(params: PyTree, cfg: QuantConfig, *, return_report: bool = F
         out.append(leaf)
         continue
       raise type(e)(f"quantize_params: rule {idx} ({rule.pattern!r}) matched {p!r} of shape {shape}: {e}") from e
-    check_finite(leaf, what=f"parameter {p!r}")
-    qa = _quantize_leaf(leaf, spec)
+    qa, ok = _quantize_leaf(leaf, spec)        # dispatched asynchronously; finiteness checked below
+    if ok is not None:
+      pending.append((ok, leaf, p))
     detail = _spec_summary(spec) + (f" batch_axes={batch}" if batch else "")
     entries.append(LeafEntry(status="quantized", rule=idx, detail=detail, **{**base, "bytes_after": qa.nbytes}))
     out.append(qa)
+  for ok, leaf, p in pending:
+    raise_if_not_finite(ok, leaf, what=f"parameter {p!r}")
   unused_rules = tuple(r.pattern for i, r in enumerate(cfg.rules) if i not in used_rules)
   unused_skips = tuple(s for s in cfg.skip if s not in used_skips)
   report = QuantReport(tuple(entries), unused_rules, unused_skips)
