@@ -71,6 +71,20 @@ def device_kind() -> str:
   return jax.devices()[0].device_kind
 
 
+def target_compute_capability() -> int | None:
+  """Compute capability (e.g. 90, 80) of the GPU being compiled for, or None when unknown.
+
+  Uses the same resolution as the Pallas Triton lowering (a real device, or the ``AbstractDevice`` of an abstract
+  mesh when lowering for CUDA from a CPU host). Relies on a private JAX helper, so any failure means "unknown".
+  """
+  try:
+    from jax._src.pallas.triton import gpu_info  # noqa: PLC0415
+
+    return int(gpu_info.get_gpu_info().compute_capability) or None
+  except Exception:  # noqa: BLE001 - no GPU, no abstract device, or the private API moved.
+    return None
+
+
 def hbm_bandwidth(kind: str) -> float | None:
   """Peak HBM bandwidth in bytes/s for a device kind, or None when unknown."""
   for key, bw in HBM_BYTES_PER_S.items():
@@ -107,8 +121,9 @@ def autotune(
   """Picks the fastest config on the current GPU; returns ``default`` elsewhere.
 
   Only configs that ``supports`` accepts (returns None for) are timed; configs that fail to compile are skipped.
-  The winner is cached per ``key`` (shapes, dtypes, options) for the life of the process. Must be called
-  outside ``jax.jit`` with concrete arrays.
+  The winner is cached per ``key`` (shapes, dtypes, options) for the life of the process. Timing needs concrete
+  arrays: under ``jax.jit`` (traced ``args``) the cached winner is returned if this problem was tuned eagerly
+  before, else ``default`` -- so tune once outside jit, then jit.
 
   Args:
     key: hashable description of the problem (shapes, dtypes, static options).
@@ -122,6 +137,8 @@ def autotune(
     return default
   if key in _AUTOTUNE_CACHE:
     return _AUTOTUNE_CACHE[key]
+  if any(isinstance(a, jax.core.Tracer) for a in args):
+    return default
   best, best_t = default, float("inf")
   for cfg in configs:
     if supports(cfg) is not None:

@@ -46,10 +46,12 @@ def supports(
   if x.dtype != w.dtype:
     return (f"x.dtype={x.dtype} and w.dtype={w.dtype} differ; Triton's fp8 dot needs one fp8 format for both "
             "(cast one side, e.g. both float8_e4m3fn).")
+  cc = _common.target_compute_capability()
+  if cc is not None and cc < 89 and jnp.dtype(jnp.float8_e4m3fn) in (jnp.dtype(x.dtype), jnp.dtype(w.dtype)):
+    return (f"float8_e4m3fn needs compute capability >= 8.9 (Ada/Hopper) in Triton; the target is sm{cc}. "
+            "Use float8_e5m2 or the XLA path.")
   if out_dtype is not None and jnp.dtype(out_dtype) not in _OUT_DTYPES:
     return f"out_dtype={out_dtype}; need bfloat16, float16 or float32."
-  if x.shape[0] == 0:
-    return "M=0: nothing to compute."
   cfg = config or default_config(x.shape[0], w.shape[0])
   return _common.tile_smem_reason(cfg, 1, 1)
 
@@ -58,16 +60,16 @@ def supports(
 def _run(x, w, x_scale, w_scale, *, out_dtype, config, interpret):
   m, k = x.shape
   n = w.shape[0]
-  mp, np_ = _common.round_up(m, config.block_m), _common.round_up(n, config.block_n)
+  np_ = _common.round_up(n, config.block_n)
   kp = _common.round_up(k, config.block_k)
-  x = _common.pad_axis(_common.pad_axis(x, 0, mp), 1, kp)
+  x = _common.pad_axis(x, 1, kp)
   w = _common.pad_axis(_common.pad_axis(w, 0, np_), 1, kp)
-  xs = _common.pad_axis(jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1)), 0, mp, 1.0)
+  xs = jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1))
   ws = _common.pad_axis(jnp.broadcast_to(w_scale.astype(jnp.float32), (1, n)), 1, np_, 1.0)
   out = _kernel.fp8_matmul_triton(
       x, w, xs, ws, out_dtype=out_dtype, block_m=config.block_m, block_n=config.block_n, block_k=config.block_k,
       num_warps=config.num_warps, num_stages=config.num_stages, interpret=interpret)
-  return out[:m, :n]
+  return out if n == np_ else out[:, :n]
 
 
 def fp8_matmul(
@@ -90,7 +92,8 @@ def fp8_matmul(
     w_scale: float (1, N) per-channel or (1, 1) per-tensor.
     out_dtype: bfloat16, float16 or float32.
     config: tiling; ``default_config(M, N)`` when None.
-    autotune: on a GPU with concrete inputs, time ``autotune_configs()`` once per problem.
+    autotune: on a GPU, time ``autotune_configs()`` once per problem (eagerly, on concrete inputs); under
+      jit the winner of an earlier eager call is reused.
     interpret: run the Pallas interpreter (CPU testing).
 
   Returns:
@@ -104,7 +107,7 @@ def fp8_matmul(
   m, n = x.shape[0], w.shape[0]
   if config is None:
     config = default_config(m, n)
-    if autotune and not interpret and not isinstance(x, jax.core.Tracer):
+    if autotune and not interpret:
       config = _common.autotune(
           ("fp8", x.shape, str(x.dtype), str(w.dtype), n, str(out_dtype)),
           lambda c: functools.partial(_run, out_dtype=jnp.dtype(out_dtype), config=c, interpret=False),
@@ -112,4 +115,6 @@ def fp8_matmul(
           supports=lambda c: supports(x, w, out_dtype=out_dtype, config=c), default=config)
   if reason := supports(x, w, x_scale, w_scale, out_dtype=out_dtype, config=config):
     raise NotImplementedError(f"fp8_matmul: {reason}")
+  if m == 0:
+    return jnp.zeros((0, n), out_dtype)
   return _run(x, w, x_scale, w_scale, out_dtype=jnp.dtype(out_dtype), config=config, interpret=interpret)

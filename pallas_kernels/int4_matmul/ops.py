@@ -97,8 +97,6 @@ def supports(
     return f"x.dtype={x.dtype}; the int4 kernel needs bfloat16 or float16 activations (cast x first)."
   if not jnp.issubdtype(scales.dtype, jnp.floating):
     return f"scales.dtype={scales.dtype}; need a floating dtype."
-  if x.ndim == 2 and x.shape[0] == 0:
-    return "M=0: nothing to compute."
   cfg = config or default_config(x.shape[0], w_packed.shape[0], x.shape[1], group_size=group_size)
   smem = cfg.num_stages * (cfg.block_m * cfg.block_k * x.dtype.itemsize + cfg.block_n * cfg.block_k // 2)
   if smem > _SMEM_BUDGET:
@@ -146,7 +144,7 @@ def autotune_configs() -> tuple[Config, ...]:
   for bm, bn, bk, sk, w, st in (
       (16, 64, 128, 1, 4, 4), (16, 64, 128, 4, 4, 4), (16, 128, 128, 2, 4, 4), (16, 32, 128, 4, 4, 4),
       (16, 64, 64, 8, 4, 4), (32, 128, 64, 1, 4, 4), (64, 128, 64, 1, 4, 4), (64, 64, 64, 1, 4, 4),
-      (128, 128, 64, 1, 8, 3), (128, 128, 32, 1, 4, 4), (128, 256, 64, 1, 8, 3), (64, 256, 64, 1, 8, 3)):
+      (128, 128, 64, 1, 8, 3), (128, 128, 32, 1, 8, 4), (128, 64, 64, 1, 4, 4), (64, 256, 64, 1, 8, 3)):
     out.append(Config(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st))
   return tuple(out)
 
@@ -156,15 +154,16 @@ def _run(x, w_packed, scales, zeros, g_idx, *, group_size, signed, config, inter
   m, k = x.shape
   n = w_packed.shape[0]
   cfg = config
-  mp = _common.round_up(m, cfg.block_m)
   np_ = _common.round_up(n, cfg.block_n)
   kp = _common.round_up(k, cfg.block_k * cfg.split_k)
   kg = _common.cdiv(kp, group_size)
-  x = _common.pad_axis(_common.pad_axis(x, 0, mp), 1, kp)
+  x = _common.pad_axis(x, 1, kp)
   w_packed = _common.pad_axis(_common.pad_axis(w_packed, 0, np_), 1, kp // 2)
-  scales = _common.pad_axis(_common.pad_axis(scales.astype(jnp.float32), 1, np_, 1.0), 0, kg, 1.0)
+  scales = _common.pad_axis(_common.pad_axis(scales, 1, np_, 1.0), 0, kg, 1.0)
   if zeros is not None:
-    zeros = _common.pad_axis(_common.pad_axis(zeros.astype(jnp.float32), 1, np_), 0, kg)
+    if zeros.dtype not in (jnp.int8, jnp.int16, jnp.int32):
+      zeros = zeros.astype(jnp.int8 if zeros.dtype.itemsize == 1 or zeros.dtype == jnp.int4 else jnp.int32)
+    zeros = _common.pad_axis(_common.pad_axis(zeros, 1, np_), 0, kg)
   if g_idx is not None:
     g_idx = _common.pad_axis(g_idx.astype(jnp.int32), 0, kp)
   out = _kernel.int4_matmul_triton(
@@ -173,7 +172,7 @@ def _run(x, w_packed, scales, zeros, g_idx, *, group_size, signed, config, inter
       num_stages=cfg.num_stages, fast_convert=cfg.fast_convert, interpret=interpret)
   if cfg.split_k > 1:
     out = out.sum(axis=0).astype(x.dtype)
-  return out[:m, :n]
+  return out if n == np_ else out[:, :n]
 
 
 def int4_matmul(
@@ -191,9 +190,9 @@ def int4_matmul(
 ) -> jax.Array:
   """``x @ dequant(W)`` for int4 weights with group-wise scales, float32 accumulation.
 
-  Layout and dequantization are specified in ``reference.py``. Non-block-multiple M, N and K are padded here
-  (padding W costs one copy of the weight per call; pre-pad N to a multiple of 64 and K to a multiple of
-  ``block_k * split_k`` to avoid it).
+  Layout and dequantization are specified in ``reference.py``. Any M works without copies (the kernel masks the
+  last row block); N and K that are not multiples of ``block_n`` / ``block_k * split_k`` are zero-padded here,
+  which costs one copy of the weight per call (choose a config that divides them, or pre-pad the weight).
 
   Args:
     x: (M, K) bfloat16 or float16.
@@ -204,7 +203,8 @@ def int4_matmul(
     group_size: G.
     signed: int4 two's-complement nibbles (True) or unsigned 0..15 (False).
     config: tiling; ``default_config`` when None.
-    autotune: on a GPU with concrete inputs, time ``autotune_configs()`` once per problem and use the fastest.
+    autotune: on a GPU, time ``autotune_configs()`` once per problem (eagerly, on concrete inputs) and use
+      the fastest; under jit the winner of an earlier eager call is reused.
     interpret: run the Pallas interpreter (CPU testing).
 
   Returns:
@@ -219,7 +219,7 @@ def int4_matmul(
   n = w_packed.shape[0]
   if config is None:
     config = default_config(m, n, k, group_size=group_size, has_g_idx=g_idx is not None)
-    if autotune and not interpret and not isinstance(x, jax.core.Tracer):
+    if autotune and not interpret:
       config = _common.autotune(
           ("int4", x.shape, str(x.dtype), n, group_size, zeros is not None, g_idx is not None, signed),
           lambda c: functools.partial(_run, group_size=group_size, signed=signed, config=c, interpret=False),
@@ -227,5 +227,7 @@ def int4_matmul(
           supports=lambda c: supports(x, w_packed, scales, group_size=group_size, config=c), default=config)
   if reason := supports(x, w_packed, scales, zeros, g_idx, group_size=group_size, signed=signed, config=config):
     raise NotImplementedError(f"int4_matmul: {reason}")
+  if m == 0:
+    return jnp.zeros((0, n), x.dtype)
   return _run(x, w_packed, scales, zeros, g_idx, group_size=group_size, signed=signed, config=config,
               interpret=interpret)

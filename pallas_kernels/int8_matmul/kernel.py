@@ -1,8 +1,9 @@
 """Triton-lowered Pallas body and ``pallas_call`` for the W8A8 matmul (the only backend-specific file).
 
-Inputs arrive padded and block-aligned from ``ops.py``: x (Mp, Kp) int8 (or bf16/fp16/f32 with ``fuse_quant``),
-w (Np, Kp) int8, x_scale (Mp, 1) float32 (unused with ``fuse_quant``), w_scale (1, Np) float32. Grid
-(Mp / bm, Np / bn). The int8 x int8 -> int32 dot lowers to ``wgmma s8`` (sm90) / ``mma.sync s8`` (sm80); the
+Inputs arrive block-aligned in N and K from ``ops.py`` (M is not padded: the last row block masks its loads and
+stores): x (M, Kp) int8 (or bf16/fp16/f32 with ``fuse_quant``),
+w (Np, Kp) int8, x_scale (M, 1) float32 (unused with ``fuse_quant``), w_scale (1, Np) float32. Grid
+(cdiv(M, bm), Np / bn). The int8 x int8 -> int32 dot lowers to ``wgmma s8`` (sm90) / ``mma.sync s8`` (sm80); the
 epilogue applies both scales in float32. With ``fuse_quant`` each program first sweeps its rows of x for the
 per-token absmax, then quantizes each K tile in registers before the MMA (x is read twice, w once).
 """
@@ -14,6 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels import _common
 
@@ -29,28 +31,40 @@ def round_half_even(v: jax.Array) -> jax.Array:
   return f + up.astype(v.dtype)
 
 
-def _kernel(x_ref, w_ref, xs_ref, ws_ref, o_ref, *, block_k, n_steps, fuse_quant):
+def _load_rows(ref, row_ok, other):
+  """``ref[...]`` with rows past M (``row_ok`` False) replaced by ``other`` (M is not padded)."""
+  return ref[...] if row_ok is None else pltriton.load(ref, mask=row_ok, other=other)
+
+
+def _kernel(x_ref, w_ref, xs_ref, ws_ref, o_ref, *, block_k, n_steps, m, fuse_quant):
   block_m, block_n = x_ref.shape[0], w_ref.shape[0]
+  row_ok = None
+  if m % block_m:
+    row_ok = pl.program_id(0) * block_m + jax.lax.broadcasted_iota(jnp.int32, (block_m, 1), 0) < m
   if fuse_quant:
     def amax_body(t, m):
-      x = x_ref[:, pl.ds(pl.multiple_of(t * block_k, block_k), block_k)].astype(jnp.float32)
+      x = _load_rows(x_ref.at[:, pl.ds(pl.multiple_of(t * block_k, block_k), block_k)], row_ok, 0).astype(jnp.float32)
       return jnp.maximum(m, jnp.max(jnp.abs(x), axis=1))
 
     amax = jax.lax.fori_loop(0, n_steps, amax_body, jnp.zeros((block_m,), jnp.float32))
     xs = jnp.where(amax > 0, amax / 127.0, 1.0).reshape(block_m, 1)
   else:
-    xs = xs_ref[...]
+    xs = _load_rows(xs_ref, row_ok, 1.0)
 
   def body(t, acc):
     k0 = pl.multiple_of(t * block_k, block_k)
-    x = x_ref[:, pl.ds(k0, block_k)]
+    x = _load_rows(x_ref.at[:, pl.ds(k0, block_k)], row_ok, 0)
     if fuse_quant:
       x = jnp.clip(round_half_even(x.astype(jnp.float32) / xs), -128.0, 127.0).astype(jnp.int8)
     w = w_ref[:, pl.ds(k0, block_k)]
     return acc + jax.lax.dot_general(x, w, _DOT_NT, preferred_element_type=jnp.int32)
 
   acc = jax.lax.fori_loop(0, n_steps, body, jnp.zeros((block_m, block_n), jnp.int32))
-  o_ref[...] = (acc.astype(jnp.float32) * xs * ws_ref[...]).astype(o_ref.dtype)
+  out = (acc.astype(jnp.float32) * xs * ws_ref[...]).astype(o_ref.dtype)
+  if row_ok is None:
+    o_ref[...] = out
+  else:
+    pltriton.store(o_ref, out, mask=row_ok)
 
 
 def int8_matmul_triton(
@@ -71,11 +85,11 @@ def int8_matmul_triton(
   """Runs the kernel on aligned inputs; returns (Mp, Np) ``out_dtype``."""
   mp, kp = x.shape
   np_ = w.shape[0]
-  kernel = functools.partial(_kernel, block_k=block_k, n_steps=kp // block_k, fuse_quant=fuse_quant)
+  kernel = functools.partial(_kernel, block_k=block_k, n_steps=kp // block_k, fuse_quant=fuse_quant, m=mp)
   return pl.pallas_call(
       kernel,
       out_shape=jax.ShapeDtypeStruct((mp, np_), out_dtype),
-      grid=(mp // block_m, np_ // block_n),
+      grid=(_common.cdiv(mp, block_m), np_ // block_n),
       in_specs=[
           pl.BlockSpec((block_m, kp), lambda i, j: (i, 0)),
           pl.BlockSpec((block_n, kp), lambda i, j: (j, 0)),

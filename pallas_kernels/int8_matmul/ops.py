@@ -49,8 +49,6 @@ def supports(
     return f"x.dtype={x.dtype}; need int8 activations (or pass x_scale=None for fused dynamic quantization)."
   if out_dtype is not None and jnp.dtype(out_dtype) not in _OUT_DTYPES:
     return f"out_dtype={out_dtype}; need bfloat16, float16 or float32."
-  if x.shape[0] == 0:
-    return "M=0: nothing to compute."
   cfg = config or default_config(x.shape[0], w.shape[0], x_itemsize=x.dtype.itemsize)
   return _common.tile_smem_reason(cfg, x.dtype.itemsize, 1)
 
@@ -60,17 +58,16 @@ def _run(x, w, x_scale, w_scale, *, out_dtype, config, interpret):
   m, k = x.shape
   n = w.shape[0]
   fuse = x_scale is None
-  mp, np_ = _common.round_up(m, config.block_m), _common.round_up(n, config.block_n)
+  np_ = _common.round_up(n, config.block_n)
   kp = _common.round_up(k, config.block_k)
-  x = _common.pad_axis(_common.pad_axis(x, 0, mp), 1, kp)
+  x = _common.pad_axis(x, 1, kp)
   w = _common.pad_axis(_common.pad_axis(w, 0, np_), 1, kp)
-  xs = jnp.ones((mp, 1), jnp.float32) if fuse else _common.pad_axis(
-      jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1)), 0, mp, 1.0)
+  xs = jnp.ones((m, 1), jnp.float32) if fuse else jnp.broadcast_to(x_scale.astype(jnp.float32), (m, 1))
   ws = _common.pad_axis(jnp.broadcast_to(w_scale.astype(jnp.float32), (1, n)), 1, np_, 1.0)
   out = _kernel.int8_matmul_triton(
       x, w, xs, ws, out_dtype=out_dtype, fuse_quant=fuse, block_m=config.block_m, block_n=config.block_n,
       block_k=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages, interpret=interpret)
-  return out[:m, :n]
+  return out if n == np_ else out[:, :n]
 
 
 def _dispatch(name, x, w, x_scale, w_scale, out_dtype, config, autotune, interpret):
@@ -78,7 +75,7 @@ def _dispatch(name, x, w, x_scale, w_scale, out_dtype, config, autotune, interpr
   m, n = x.shape[0], w.shape[0]
   if config is None:
     config = default_config(m, n, x_itemsize=x.dtype.itemsize)
-    if autotune and not interpret and not isinstance(x, jax.core.Tracer):
+    if autotune and not interpret:
       config = _common.autotune(
           (name, x.shape, str(x.dtype), n, str(out_dtype)),
           lambda c: functools.partial(_run, out_dtype=out_dtype, config=c, interpret=False),
@@ -86,6 +83,8 @@ def _dispatch(name, x, w, x_scale, w_scale, out_dtype, config, autotune, interpr
           supports=lambda c: supports(x, w, x_scale, w_scale, out_dtype=out_dtype, config=c), default=config)
   if reason := supports(x, w, x_scale, w_scale, out_dtype=out_dtype, config=config):
     raise NotImplementedError(f"{name}: {reason}")
+  if m == 0:
+    return jnp.zeros((0, n), out_dtype)
   return _run(x, w, x_scale, w_scale, out_dtype=jnp.dtype(out_dtype), config=config, interpret=interpret)
 
 
@@ -109,7 +108,8 @@ def int8_matmul(
     w_scale: float (1, N) per-channel or (1, 1) per-tensor weight scale.
     out_dtype: bfloat16, float16 or float32.
     config: tiling; ``default_config(M, N)`` when None.
-    autotune: on a GPU with concrete inputs, time ``autotune_configs()`` once per problem.
+    autotune: on a GPU, time ``autotune_configs()`` once per problem (eagerly, on concrete inputs); under
+      jit the winner of an earlier eager call is reused.
     interpret: run the Pallas interpreter (CPU testing).
 
   Returns:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from jax.sharding import AbstractDevice, AbstractMesh
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -15,25 +14,14 @@ DEVICE_KINDS = (H100, A100)
 # Tolerances relative to max |reference| (outputs are rounded to the output dtype once).
 TOL = {jnp.dtype(jnp.bfloat16): 1.6e-2, jnp.dtype(jnp.float16): 2e-3, jnp.dtype(jnp.float32): 1e-5}
 
-ON_GPU = jax.default_backend() == "gpu"
-gpu_only = [pytest.mark.gpu, pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")]
-
-
 def lower_for_cuda(fn, *args, device_kind: str = H100):
   """Traces ``fn`` on ShapeDtypeStructs and lowers it for CUDA (runs the real Pallas -> Triton lowering)."""
   dev = AbstractDevice(device_kind=device_kind, num_cores=132, platform="gpu")
   with jax.sharding.use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=dev)):
     return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
 
-
 def sds(shape, dtype):
   return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
-
-
-def rng_for(request) -> np.random.Generator:
-  """A generator seeded from the test's node id: fresh, distinct inputs per test, reproducible per test."""
-  return np.random.default_rng(abs(hash(request.node.nodeid)) % (2**32))
-
 
 def assert_close(got, want, dtype, scale_ref=None):
   got = np.asarray(jnp.asarray(got, jnp.float32), np.float64)
