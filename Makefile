@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 JAX_VERSION ?= 0.11.2
 PYTEST_WORKERS ?= 2
-# Find a Python 3.12: $PYTHON312, then python3.12 on PATH, then pyenv.
-PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || PYENV_VERSION=3.12.1 pyenv which python3.12 2>/dev/null || ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -n1)
+# Find a working Python 3.12: $PYTHON312, then python3.12 on PATH (a pyenv shim may exist but not run), then pyenv.
+PYTHON312 ?= $(shell for c in "$$(command -v python3.12)" "$$(PYENV_VERSION=3.12.1 pyenv which python3.12 2>/dev/null)" /root/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do \
+  [ -n "$$c" ] && [ -x "$$c" ] && "$$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && { echo "$$c"; break; }; done)
 
 .PHONY: venv assets test test-slow test-all lint demo bench clean
 
