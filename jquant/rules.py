@@ -77,6 +77,16 @@ class QuantConfig:
         return pat
     return None
 
+  def spec_for(self, path: str, ndim: int) -> QuantSpec | None:
+    """The spec a leaf at ``path`` of rank ``ndim`` gets (stacked weights lifted to batch axes), or None when it
+    is skipped, unmatched or kept in float by its rule."""
+    if self.skipped_by(path) is not None:
+      return None
+    m = self.match(path)
+    if m is None or m[1].spec is None:
+      return None
+    return spec_for_leaf(m[1], ndim)[0]
+
   def match(self, path: str) -> tuple[int, QuantRule] | None:
     """(index, rule) of the first rule matching ``path``, or None."""
     for i, r in enumerate(self.rules):

@@ -1,8 +1,6 @@
 """Loss-scale state: adjust rules, pytree round trips (jit, checkpoint), tree helpers."""
 
 import dataclasses
-import zlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,10 +8,6 @@ import pytest
 
 from jquant import mixed_precision as mp
 
-
-
-def _rng(name):
-  return np.random.default_rng(zlib.crc32(name.encode()))
 
 
 def _fields(ls):
@@ -53,10 +47,10 @@ def test_min_scale_is_respected():
   assert float(ls.min_scale) == 3.0
 
 
-def test_period_growth_python_reference():
+def test_period_growth_python_reference(rng):
   period, factor = 3, 4.0
   ls = mp.DynamicLossScale(scale=16.0, period=period, factor=factor, min_scale=2.0)
-  pattern = _rng("period").random(40) > 0.25
+  pattern = rng.random(40) > 0.25
   scale, good, mn = 16.0, 0, 2.0
   step = jax.jit(lambda s, ok: s.adjust(ok))
   for ok in pattern:
@@ -106,8 +100,7 @@ def test_orbax_checkpoint_round_trip(tmp_path):
   _assert_same_state(restored, ls)
 
 
-def test_scale_unscale_keep_dtype_and_invert():
-  rng = _rng("scale_unscale")
+def test_scale_unscale_keep_dtype_and_invert(rng):
   tree = {"a": jnp.asarray(rng.normal(size=(4, 3)), jnp.float16),
           "b": jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16),
           "c": jnp.arange(3, dtype=jnp.int32)}
@@ -128,8 +121,7 @@ def test_static_adjust_is_constant():
   assert float(st.adjust(jnp.array(False)).scale) == 100.0
 
 
-def test_all_finite():
-  rng = _rng("all_finite")
+def test_all_finite(rng):
   good = {"x": jnp.asarray(rng.normal(size=(3, 2)), jnp.float16), "i": jnp.arange(4)}
   assert bool(mp.all_finite(good))
   assert bool(mp.all_finite({}))
@@ -139,8 +131,7 @@ def test_all_finite():
     assert not bool(jax.jit(mp.all_finite)({"x": jnp.asarray(x), "i": jnp.arange(4)}))
 
 
-def test_select_tree_picks_and_blocks_nan():
-  rng = _rng("select")
+def test_select_tree_picks_and_blocks_nan(rng):
   a = {"x": jnp.asarray(rng.normal(size=(3,)), jnp.float32), "n": jnp.array(3)}
   b = {"x": jnp.full((3,), jnp.nan), "n": jnp.array(5)}
   got = mp.select_tree(jnp.array(True), a, b)

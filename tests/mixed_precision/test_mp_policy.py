@@ -1,7 +1,5 @@
 """Policy: casts only floating leaves; parsing and validation."""
 
-import zlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +8,7 @@ import pytest
 from jquant import mixed_precision as mp
 
 
-def _tree(name):
-  rng = np.random.default_rng(zlib.crc32(name.encode()))
+def _tree(rng):
   return {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
           "h": jnp.asarray(rng.normal(size=(2,)), jnp.float16),
           "i": jnp.asarray(rng.integers(-5, 5, size=(3,)), jnp.int8),
@@ -19,8 +16,8 @@ def _tree(name):
           "n": None, "s": 3}
 
 
-def test_casts_only_floating_leaves():
-  tree = _tree("casts")
+def test_casts_only_floating_leaves(rng):
+  tree = _tree(rng)
   pol = mp.Policy(param_dtype=jnp.float32, compute_dtype=jnp.bfloat16, output_dtype=jnp.float16)
   for fn, dt in ((pol.cast_to_param, jnp.float32), (pol.cast_to_compute, jnp.bfloat16),
                  (pol.cast_to_output, jnp.float16)):
@@ -33,8 +30,8 @@ def test_casts_only_floating_leaves():
                                rtol=1e-2 if dt != jnp.float32 else 0)
 
 
-def test_cast_under_jit():
-  tree = {k: v for k, v in _tree("jit").items() if k not in ("n", "s")}
+def test_cast_under_jit(rng):
+  tree = {k: v for k, v in _tree(rng).items() if k not in ("n", "s")}
   pol = mp.Policy(compute_dtype=jnp.bfloat16)
   out = jax.jit(pol.cast_to_compute)(tree)
   assert out["w"].dtype == jnp.bfloat16 and out["i"].dtype == jnp.int8
