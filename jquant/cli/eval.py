@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="UTF-8 text file to evaluate on (default: Hamlet from the Shakespeare asset)")
   parser.add_argument("--windows", type=int, default=8, metavar="N",
                       help="SmolLM2: number of non-overlapping 512-token windows (default 8)")
+  parser.add_argument("--kv-cache", default=None, choices=("int8", "fp8", "bfloat16"),
+                      help="SmolLM2: evaluate through a quantized KV cache (jquant.inference)")
   parser.add_argument("--paragraphs", type=int, default=512, metavar="N",
                       help="MiniLM: number of paragraphs with >= 8 words (default 512)")
 
@@ -44,7 +46,13 @@ def run(args: argparse.Namespace) -> int:
   else:
     name = args.model
     model, params = common.load_model(name)
-  if name == "smollm2":
+  if name == "smollm2" and args.kv_cache is not None:
+    from jquant import inference  # pylint: disable=import-outside-toplevel
+    r = inference.cached_perplexity(model, params, inference.KVCacheConfig(args.kv_cache), text=text,
+                                    windows=args.windows, seq_len=512, matmul=model.matmul)
+    lines = [f"ppl {r.ppl:.2f}", f"nll_per_token {r.nll / r.n_predictions:.4f}", f"predictions {r.n_predictions}",
+             f"kv_cache {args.kv_cache}"]
+  elif name == "smollm2":
     r = jeval.perplexity(model, params, text=text, windows=args.windows)
     lines = [f"ppl {r.ppl:.2f}", f"nll_per_token {r.nll / r.n_predictions:.4f}", f"predictions {r.n_predictions}"]
   else:
