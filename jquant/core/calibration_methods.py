@@ -40,7 +40,7 @@ class MSE:
   """
 
   grid: int = 100
-  min_ratio: float = 0.2
+  min_ratio: float = 0.05
 
   def __post_init__(self):
     if int(self.grid) < 2:

@@ -1,0 +1,178 @@
+"""Captures the inputs of a block's linear layers with ``flax.linen.intercept_methods`` and reduces them to
+streaming statistics (no activations are kept except a bounded token subsample).
+
+For every distinct input tensor (q/k/v share one, gate/up share one) and over the real tokens only (a ``"mask"``
+(B, T) in the block context marks them, e.g. BERT padding), one calibration batch gives:
+
+* ``gram``: (K, K) ``sum x x^T`` (GPTQ's Hessian up to a scale; AWQ's output-error metric),
+* ``abs_sum`` (K,) and ``count``: AWQ's mean |x|,
+* ``abs_max`` (K,): SmoothQuant's act scales,
+* a strided token subsample (for the report's output SQNR and activation-quantized matmuls),
+* a flag for NaN/inf activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jquant.models.blockwise import BlockwiseBase
+from jquant.models.layers import Linear
+
+_HI = jax.lax.Precision.HIGHEST
+PyTree = Any
+
+
+def token_mask(hidden: jax.Array, ctx: PyTree) -> jax.Array:
+  """(B, T) bool mask of real tokens: ``ctx["mask"]`` when the context has one of that shape, else all True."""
+  m = ctx.get("mask") if isinstance(ctx, dict) else None
+  if m is not None and tuple(m.shape) == tuple(hidden.shape[:2]):
+    return m.astype(bool)
+  return jnp.ones(hidden.shape[:2], bool)
+
+
+@dataclasses.dataclass
+class InputStats:
+  """Accumulated statistics of one linear input over the calibration set (host-side container)."""
+
+  gram: jax.Array
+  abs_sum: jax.Array
+  abs_max: jax.Array
+  count: float = 0.0
+  samples: list = dataclasses.field(default_factory=list)
+  bad_batch: int = -1
+
+  @property
+  def mean_abs(self) -> jax.Array:
+    return self.abs_sum / max(self.count, 1.0)
+
+  def sample(self) -> np.ndarray:
+    """(S, K) subsampled real tokens."""
+    return np.concatenate(self.samples, axis=0)
+
+
+def _block_fn(model, i: int) -> Callable:
+  """fn(block_params, hidden, ctx) for block ``i``."""
+  if isinstance(model, BlockwiseBase):   # homogeneous blocks: the block index only selects the params
+    return lambda bp, h, ctx: model._run_block(bp, h, ctx)  # pylint: disable=protected-access
+  return lambda bp, h, ctx: model.apply_block(i, bp, h, ctx)
+
+
+def _program_index(model, i: int) -> int:
+  """Blocks of jquant's homogeneous models share one compiled program (key 0); others compile per block."""
+  return 0 if isinstance(model, BlockwiseBase) else i
+
+
+def _reduce(x: jax.Array, mask: jax.Array, stride: int):
+  k = x.shape[-1]
+  xf = x.reshape(-1, k).astype(jnp.float32)
+  mf = mask.reshape(-1)
+  finite = jnp.all(jnp.isfinite(jnp.where(mf[:, None], xf, 0.0)))
+  xz = jnp.where(mf[:, None] & jnp.isfinite(xf), xf, 0.0)
+  gram = jnp.matmul(xz.T, xz, precision=_HI)
+  ax = jnp.abs(xz)
+  return dict(gram=gram, abs_sum=jnp.sum(ax, axis=0), abs_max=jnp.max(ax, axis=0),
+              count=jnp.sum(mf.astype(jnp.float32)), finite=finite, sample=xf[::stride], sample_mask=mf[::stride])
+
+
+@functools.lru_cache(maxsize=64)
+def _capture_program(model, i: int, paths: tuple[str, ...], stride: int):
+  """(jitted fn(bp, hidden, ctx) -> (out, reduced), box) where box["index"] maps path -> unique-input index."""
+  fn = _block_fn(model, i)
+  box: dict[str, Any] = {}
+
+  def run(bp, hidden, ctx):
+    seen: dict[str, Any] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+      mod = context.module
+      if isinstance(mod, Linear) and context.method_name == "__call__":
+        p = "/".join(mod.path)
+        if p in paths and p not in seen:
+          seen[p] = args[0]
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+      out = fn(bp, hidden, ctx)
+    missing = [p for p in paths if p not in seen]
+    if missing:
+      raise ValueError(f"linear layers {missing} were not called by the block; linear_groups() must name the "
+                       f"Linear modules of apply_block by their paths relative to the block, e.g. 'mlp/up_proj'.")
+    mask = token_mask(hidden, ctx)
+    uniq: list[Any] = []
+    index = {}
+    for p in paths:                                   # q/k/v receive the same traced array: reduce it once
+      for j, u in enumerate(uniq):
+        if u is seen[p]:
+          index[p] = j
+          break
+      else:
+        index[p] = len(uniq)
+        uniq.append(seen[p])
+    box["index"] = index
+    return out, [_reduce(u, mask, stride) for u in uniq]
+
+  return jax.jit(run), box
+
+
+def capture_block(model, i: int, block_params: PyTree, hiddens: Sequence[jax.Array], ctxs: Sequence[PyTree],
+                  paths: Sequence[str], max_samples: int = 2048, block_name: str = "") -> tuple[list, dict]:
+  """Runs block ``i`` on every calibration batch and accumulates the inputs of the linears ``paths``.
+
+  Args:
+    model: the BlockwiseModel.
+    i: block index.
+    block_params: params of the block.
+    hiddens: per-batch block inputs (B, T, D).
+    ctxs: per-batch contexts from ``embed``.
+    paths: linear paths relative to the block.
+    max_samples: about how many real tokens to keep per input for the report (a strided subsample).
+    block_name: for error messages.
+
+  Returns:
+    (outputs, stats): the block outputs per batch and ``{path: InputStats}`` (shared objects for shared inputs).
+
+  Raises:
+    ValueError: a batch held NaN/inf activations at one of the linears.
+  """
+  total = sum(int(np.prod(h.shape[:2])) for h in hiddens)
+  stride = max(1, -(-total // max_samples))
+  jitted, box = _capture_program(model, _program_index(model, i), tuple(paths), stride)
+  outs, stats = [], None
+  for b, (h, ctx) in enumerate(zip(hiddens, ctxs)):
+    out, reduced = jitted(block_params, h, ctx)
+    if stats is None:
+      stats = [InputStats(gram=jnp.zeros_like(r["gram"]), abs_sum=jnp.zeros_like(r["abs_sum"]),
+                          abs_max=jnp.zeros_like(r["abs_max"])) for r in reduced]
+    for st, r in zip(stats, reduced):
+      if not bool(r["finite"]) and st.bad_batch < 0:
+        st.bad_batch = b
+      st.gram = st.gram + r["gram"]
+      st.abs_sum = st.abs_sum + r["abs_sum"]
+      st.abs_max = jnp.maximum(st.abs_max, r["abs_max"])
+      st.count += float(r["count"])
+      st.samples.append(np.asarray(r["sample"])[np.asarray(r["sample_mask"])])
+    outs.append(out)
+  index = box["index"]
+  for p, j in index.items():
+    if stats[j].bad_batch >= 0:
+      raise ValueError(f"calibration batch {stats[j].bad_batch} gives NaN/inf inputs to linear "
+                       f"{block_name}/{p}; check the model in float32 on that batch (or the params for NaN).")
+  return outs, {p: stats[j] for p, j in index.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _forward_program(model, i: int):
+  return jax.jit(_block_fn(model, i))
+
+
+def forward_block(model, i: int, block_params: PyTree, hiddens: Sequence[jax.Array], ctxs: Sequence[PyTree]) -> list:
+  """Block ``i``'s outputs for every batch (one compiled program, reused across homogeneous blocks)."""
+  prog = _forward_program(model, _program_index(model, i))
+  return [prog(block_params, h, c) for h, c in zip(hiddens, ctxs)]

@@ -1,0 +1,130 @@
+"""Per-input-channel scales for AWQ and SmoothQuant: where each linear group's ``1 / s`` can go, and exact folding.
+
+A group of linears reading one input x gets kernels ``w * s[:, None]``; the ``1 / s`` is folded into the producer of
+x (a `ScaleTarget`):
+
+* ``"norm"``: the scale (and bias) of the norm feeding the group -- pre-LN models (Llama/SmolLM2: input_layernorm ->
+  q/k/v, post_attention_layernorm -> gate/up);
+* ``"linear"``: the output columns (and bias) of the previous linear -- Llama v_proj -> o_proj when the shapes match
+  (not under grouped-query attention), up_proj -> down_proj (exact through the SwiGLU product), BERT value ->
+  attention output (exact per head: attention mixes tokens, not features);
+* ``"input_scale"``: an explicit ``input_scale`` param on each linear of the group (`jquant.models.Linear` multiplies
+  its input by it) -- post-LN BERT/MiniLM, where the LayerNorm output is the residual stream and cannot be rescaled,
+  and BERT's GELU -> output (the same single multiply as AWQ's ScaledActivation);
+* ``"none"``: not scaled (Llama o_proj under GQA, as the AWQ reference does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from jquant.models.minilm import MiniLM
+from jquant.models.smollm2 import SmolLM2
+from jquant.solvers.folding import fold_scales_into_norm, fold_scales_into_prev_linear, scale_weight_rows
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleTarget:
+  """Where a group's ``1 / s`` goes: kind in {"norm", "linear", "input_scale", "none"}; ``path`` of the norm or
+  previous linear relative to the block; ``norm_fed``: the group reads a norm output (SmoothQuant smooths only those)."""
+
+  kind: str
+  path: str | None = None
+  norm_fed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalePlan:
+  targets: tuple[ScaleTarget, ...]
+  no_clip: frozenset = frozenset()     # linears whose AWQ clip search is skipped (q/k: "qk bmm hard to clip")
+
+
+def scale_plan(model, groups: Sequence[Sequence[str]]) -> ScalePlan:
+  """The fold targets of ``model``'s linear groups (known jquant models; ``input_scale`` for any other model)."""
+  if isinstance(model, SmolLM2) and len(groups) == 4:
+    cfg = model.config
+    o_target = ScaleTarget("linear", "self_attn/v_proj") if cfg.num_kv_heads == cfg.num_heads else ScaleTarget("none")
+    return ScalePlan((ScaleTarget("norm", "input_layernorm", True), o_target,
+                      ScaleTarget("norm", "post_attention_layernorm", True), ScaleTarget("linear", "mlp/up_proj")),
+                     frozenset({"self_attn/q_proj", "self_attn/k_proj"}))
+  if isinstance(model, MiniLM) and len(groups) == 4:
+    return ScalePlan((ScaleTarget("input_scale", None, True), ScaleTarget("linear", "attention/value"),
+                      ScaleTarget("input_scale", None, True), ScaleTarget("input_scale")),
+                     frozenset({"attention/query", "attention/key"}))
+  return ScalePlan(tuple(ScaleTarget("input_scale") for _ in groups))
+
+
+def get_in(tree: PyTree, path: str) -> Any:
+  node = tree
+  for p in path.split("/"):
+    node = node[p]
+  return node
+
+
+def copy_dicts(tree: PyTree) -> PyTree:
+  """A copy of the nested-dict structure (leaves shared)."""
+  if isinstance(tree, dict) or (hasattr(tree, "keys") and hasattr(tree, "items") and not hasattr(tree, "shape")):
+    return {k: copy_dicts(v) for k, v in tree.items()}
+  return tree
+
+
+def set_in(tree: PyTree, path: str, value: Any) -> None:
+  """Sets ``tree[a][b]...`` in place (the dicts must be owned: see `copy_dicts`)."""
+  parts = path.split("/")
+  node = tree
+  for p in parts[:-1]:
+    node = node[p]
+  node[parts[-1]] = value
+
+
+def apply_group_scales(block: PyTree, target: ScaleTarget, paths: Sequence[str], s) -> dict[str, Any]:
+  """Folds per-input-channel scales ``s`` (K,) of one linear group into ``block`` (in place, float params).
+
+  Kernels of ``paths`` become ``w * s[:, None]``; the ``1 / s`` goes to ``target``. The float block computes the
+  same function afterwards (up to rounding).
+
+  Returns:
+    ``{"in_div": {path: s}, "out_div": {prev_linear_path: s}, "scaled": {path: s}}``: the input of each scaled
+    linear is now ``x / s`` (norm / previous-linear targets; with an ``input_scale`` target the layer divides its own
+    input), the previous linear's outputs are divided by ``s``; "scaled" lists every scaled linear.
+  """
+  s = jnp.asarray(s, jnp.float32)
+  for p in paths:
+    set_in(block, f"{p}/kernel", scale_weight_rows(get_in(block, f"{p}/kernel"), s))
+  info: dict[str, Any] = {"in_div": {}, "out_div": {}, "scaled": {p: s for p in paths}}
+  if target.kind == "norm":
+    norm = get_in(block, target.path)
+    new_scale, new_bias = fold_scales_into_norm(norm["scale"], norm.get("bias"), s)
+    norm["scale"] = new_scale
+    if new_bias is not None:
+      norm["bias"] = new_bias
+    info["in_div"] = {p: s for p in paths}
+  elif target.kind == "linear":
+    prev = get_in(block, target.path)
+    w, b = fold_scales_into_prev_linear(prev["kernel"], prev.get("bias"), s)
+    prev["kernel"] = w
+    if b is not None:
+      prev["bias"] = b
+    info["in_div"] = {p: s for p in paths}
+    info["out_div"] = {target.path: s}
+  elif target.kind == "input_scale":
+    for p in paths:
+      lin = get_in(block, p)
+      lin["input_scale"] = (lin.get("input_scale", jnp.ones_like(s)) / s).astype(jnp.float32)
+  else:
+    raise ValueError(f"apply_group_scales: target kind {target.kind!r} cannot take scales.")
+  return info
+
+
+def sqrt_gram(gram, count: float) -> np.ndarray:
+  """(K, K) ``R`` with ``R^T R = gram / count``: stands in for the calibration tokens in output-MSE objectives
+  (``mean ||x dW||^2`` over all tokens equals ``||R dW||^2 / K`` up to the factor ``K / count``)."""
+  g = np.asarray(gram, np.float64) / max(count, 1.0)
+  e, v = np.linalg.eigh((g + g.T) / 2)
+  return (v * np.sqrt(np.maximum(e, 0.0))).T.astype(np.float32)
