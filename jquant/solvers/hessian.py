@@ -1,0 +1,94 @@
+"""Streaming Hessian observer for GPTQ: H = 2/n * sum over tokens x x^T, a running mean over samples in float32.
+
+As in the reference ``add_batch``: each update rescales ``H *= n / (n + b)`` and adds ``(2 / (n + b)) X^T X``, where
+``b`` counts *samples* (the leading dimension of a 3-D or higher batch; a 1-D or 2-D batch is one sample) and X is
+the batch flattened to (tokens, K). The overall scale does not matter to GPTQ (its damping is relative).
+
+The state is a pytree, so ``hessian_update`` can run inside ``jax.jit`` / ``lax.scan``. Non-finite activations are
+recorded in the state (no host sync per batch) and reported by ``hessian_finalize``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jquant.core.quantize import check_float_array
+
+
+class HessianState(NamedTuple):
+  """Running Hessian of one layer's inputs.
+
+  Attributes:
+    h: (K, K) float32 running mean ``2/n sum x x^T``.
+    n: number of samples seen (int32 scalar).
+    batches: number of updates (int32 scalar).
+    first_bad: index of the first update whose input held NaN/inf, or -1 (int32 scalar).
+  """
+
+  h: jax.Array
+  n: jax.Array
+  batches: jax.Array
+  first_bad: jax.Array
+
+
+def hessian_init(k: int) -> HessianState:
+  """An empty state for inputs with ``k`` features."""
+  if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+    raise ValueError(f"hessian_init: k must be a positive int (the layer's input features), got {k!r}.")
+  z = jnp.int32(0)
+  return HessianState(h=jnp.zeros((int(k), int(k)), jnp.float32), n=z, batches=z, first_bad=jnp.int32(-1))
+
+
+@jax.jit
+def _update(state: HessianState, x: jax.Array, b: int) -> HessianState:
+  xf = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+  finite = jnp.all(jnp.isfinite(xf))
+  n_new = state.n + b
+  h = state.h * (state.n.astype(jnp.float32) / n_new.astype(jnp.float32))
+  xs = jnp.where(finite, xf, 0.0) * jnp.sqrt(2.0 / n_new.astype(jnp.float32))
+  h = h + jnp.matmul(xs.T, xs, precision=jax.lax.Precision.HIGHEST)
+  first_bad = jnp.where((state.first_bad < 0) & ~finite, state.batches, state.first_bad)
+  return HessianState(h=h, n=n_new, batches=state.batches + 1, first_bad=first_bad)
+
+
+def hessian_update(state: HessianState, x) -> HessianState:
+  """Adds a batch of layer inputs ``x`` of shape (..., K) (jittable; one compile per input shape).
+
+  Raises:
+    ValueError: ``x`` does not end in K features, or is empty.
+    TypeError: ``x`` is not floating.
+  """
+  if not isinstance(state, HessianState):
+    raise TypeError(f"hessian_update: state must come from hessian_init, got {type(state).__name__}.")
+  x = check_float_array(x, "x")
+  k = state.h.shape[0]
+  if x.ndim < 1 or x.shape[-1] != k:
+    raise ValueError(f"hessian_update: x has shape {tuple(x.shape)}, expected (..., {k}) (the layer's inputs, "
+                     f"features last).")
+  if x.size == 0:
+    raise ValueError(f"hessian_update: x of shape {tuple(x.shape)} holds no tokens; skip empty batches.")
+  b = int(x.shape[0]) if x.ndim >= 3 else 1
+  return _update(state, x, jnp.int32(b))
+
+
+def hessian_finalize(state: HessianState) -> jax.Array:
+  """The (K, K) Hessian.
+
+  Raises:
+    ValueError: no samples were added, or some batch held NaN/inf activations.
+  """
+  if not isinstance(state, HessianState):
+    raise TypeError(f"hessian_finalize: state must come from hessian_init, got {type(state).__name__}.")
+  if not isinstance(state.n, jax.core.Tracer):
+    if int(state.n) == 0:
+      raise ValueError("hessian_finalize: no calibration samples were added; call hessian_update with the layer's "
+                       "inputs (at least one batch) first.")
+    bad = int(state.first_bad)
+    if bad >= 0:
+      raise ValueError(f"hessian_finalize: calibration batch {bad} (0-based, of {int(state.batches)}) held NaN/inf "
+                       "activations; the Hessian would be meaningless. Check the model in float32 on those inputs.")
+  return state.h

@@ -1,0 +1,127 @@
+"""AWQ: alpha search and clip search against exhaustive float64 oracles, quality vs RTN, folding, bad input."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jquant as jq
+from jquant import solvers
+
+from .oracles import awq_clip_oracle, awq_scale_oracle, rng_for, structured_layer
+
+SPEC = jq.QuantSpec(qtype=jq.UINT4, granularity=jq.PerGroup(axis=0, size=32), symmetric=False)
+
+
+def test_scale_search_picks_the_oracle_alpha_for_shared_input():
+  rng = rng_for("awq-alpha")
+  x, w1 = structured_layer(rng, 128, 24, 256, outliers=6, outlier_scale=10.0)
+  w2 = (rng.normal(size=(128, 16)) / np.sqrt(128)).astype(np.float32)
+  act = np.mean(np.abs(x), axis=0)
+  res = solvers.awq_scales([jnp.asarray(w1), jnp.asarray(w2)], jnp.asarray(act), SPEC, x=jnp.asarray(x))
+  alpha, errs = awq_scale_oracle([w1, w2], act, x, g=32, qmin=0, qmax=15, symmetric=False)
+  np.testing.assert_allclose(np.asarray(res.errors), errs, rtol=2e-3)
+  top2 = np.sort(errs)[:2]
+  assert top2[1] - top2[0] > 1e-3 * top2[0]           # this layer has a clear winner (no float32 near-tie) ...
+  assert float(res.alpha) == pytest.approx(alpha)     # ... and the search finds it
+  s_ref = np.maximum(act.astype(np.float64) ** float(res.alpha), 1e-4)
+  np.testing.assert_allclose(np.asarray(res.scales), s_ref / np.sqrt(s_ref.max() * s_ref.min()), rtol=1e-5)
+  assert res.errors.shape == (20,) and float(res.errors[int(round(float(res.alpha) * 20))]) == float(res.errors.min())
+
+
+def test_scales_then_clip_beat_rtn_and_fold_exactly():
+  rng = rng_for("awq-quality")
+  for qt in (jq.UINT4, jq.UINT3):
+    spec = jq.QuantSpec(qtype=qt, granularity=jq.PerGroup(axis=0, size=128), symmetric=False)
+    x, w = structured_layer(rng, 256, 64, 1024, outliers=6, outlier_scale=12.0)
+    res = solvers.awq_scales(jnp.asarray(w), solvers.act_mean_abs(jnp.asarray(x)), spec, x=jnp.asarray(x),
+                             batch_size=5)
+    ws = solvers.scale_weight_rows(jnp.asarray(w), res.scales)
+    xs = jnp.asarray(x) / res.scales
+    clip = solvers.awq_clip(ws, xs, spec)
+    wq = jq.dequantize(jq.quantize(solvers.apply_clip(ws, clip.max_val), spec))
+    out = np.asarray(xs @ wq)
+    ref = x @ w
+    err_awq = np.mean((out - ref) ** 2)
+    err_rtn = np.mean((x @ np.asarray(jq.dequantize(solvers.rtn(jnp.asarray(w), spec))) - ref) ** 2)
+    assert err_awq < 0.9 * err_rtn, (qt.name, err_awq, err_rtn)
+    assert float(res.errors[int(round(float(res.alpha) * 20))]) <= float(res.errors[0])   # never worse than RTN
+
+
+def test_clip_matches_oracle_with_few_tokens():
+  rng = rng_for("awq-clip")
+  x, w = structured_layer(rng, 64, 48, 100)          # < 512 tokens: the reference would crash (stride 0)
+  res = solvers.awq_clip(jnp.asarray(w), jnp.asarray(x), SPEC)
+  ref = awq_clip_oracle(w, x, g=32, qmin=0, qmax=15, symmetric=False)
+  assert res.max_val.shape == (2, 48)
+  agree = np.isclose(np.asarray(res.max_val), ref, rtol=1e-5)
+  assert agree.mean() >= 0.95    # the grid is emulated in float32 (clamped ranges put the zero point on .5 ties)
+  x2 = np.concatenate([x] * 11)                      # 1100 tokens -> stride 2
+  res2 = solvers.awq_clip(jnp.asarray(w), jnp.asarray(x2), SPEC)
+  ref2 = awq_clip_oracle(w, x2, g=32, qmin=0, qmax=15, symmetric=False)
+  assert np.isclose(np.asarray(res2.max_val), ref2, rtol=1e-5).mean() >= 0.95
+
+
+def _relu_mlp(kernels, x):
+  """A stand-in for the reference's module2inspect: relu(x @ w1) concatenated with x @ w2."""
+  return jnp.concatenate([jnp.maximum(x @ kernels[0], 0.0), x @ kernels[1]], axis=-1)
+
+
+def test_inspect_fn_objective():
+  rng = rng_for("awq-inspect")
+  x, w1 = structured_layer(rng, 64, 16, 128, outliers=4, outlier_scale=10.0)
+  w2 = (rng.normal(size=(64, 8)) / 8).astype(np.float32)
+  act = solvers.act_mean_abs(jnp.asarray(x))
+  ws = [jnp.asarray(w1), jnp.asarray(w2)]
+  res = solvers.awq_scales(ws, act, SPEC, x=jnp.asarray(x), inspect_fn=_relu_mlp)
+  ref_out = np.asarray(_relu_mlp(ws, jnp.asarray(x)))
+  for i in (0, 7, 19):                                  # errors are the MSE of the inspected module's output
+    s = np.maximum(np.asarray(act, np.float64) ** (i / 20), 1e-4)
+    s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)[:, None]
+    wq = [jq.dequantize(jq.quantize(jnp.asarray(w * s), SPEC)) / s for w in (w1, w2)]
+    err = np.mean((np.asarray(_relu_mlp(wq, jnp.asarray(x))) - ref_out) ** 2)
+    np.testing.assert_allclose(float(res.errors[i]), err, rtol=1e-3)
+
+
+def test_no_calibration_inputs_uses_diagonal_proxy():
+  rng = rng_for("awq-proxy")
+  x, w = structured_layer(rng, 64, 16, 128)
+  res = solvers.awq_scales(jnp.asarray(w), solvers.act_mean_abs(jnp.asarray(x)), SPEC)
+  assert res.scales.shape == (64,) and 0.0 <= float(res.alpha) < 1.0
+  assert np.isfinite(np.asarray(res.errors)).all()
+
+
+def test_bad_inputs():
+  rng = rng_for("awq-bad")
+  w = jnp.asarray(rng.normal(size=(64, 8)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(32, 64)), jnp.float32)
+  act = jnp.mean(jnp.abs(x), 0)
+  with pytest.raises(ValueError, match="act_mean_abs has shape"):
+    solvers.awq_scales(w, act[:10], SPEC, x=x)
+  with pytest.raises(ValueError, match=">= 0"):
+    solvers.awq_scales(w, -act, SPEC, x=x)
+  with pytest.raises(ValueError, match="expected \\(T, 64\\)"):
+    solvers.awq_scales(w, act, SPEC, x=x[:, :10])
+  with pytest.raises(ValueError, match="zero calibration tokens"):
+    solvers.awq_scales(w, act, SPEC, x=x[:0])
+  with pytest.raises(ValueError, match="NaN"):
+    solvers.awq_scales(w, act, SPEC, x=x.at[0, 0].set(jnp.nan))
+  with pytest.raises(ValueError, match="same K"):
+    solvers.awq_scales([w, w[:32]], act, SPEC, x=x)
+  with pytest.raises(ValueError, match="multiple of 48"):
+    solvers.awq_scales(w, act, SPEC.replace(granularity=jq.PerGroup(axis=0, size=48)), x=x)
+  with pytest.raises(ValueError, match="inspect_fn needs"):
+    solvers.awq_scales(w, act, SPEC, inspect_fn=_relu_mlp)
+  with pytest.raises(ValueError, match="grid"):
+    solvers.awq_scales(w, act, SPEC, x=x, grid=0)
+  with pytest.raises(ValueError, match="zero calibration tokens"):
+    solvers.awq_clip(w, x[:0], SPEC)
+  with pytest.raises(ValueError, match="expected \\(T, 64\\)"):
+    solvers.awq_clip(w, x.T, SPEC)
+  with pytest.raises(ValueError, match="max_shrink"):
+    solvers.awq_clip(w, x, SPEC, max_shrink=1.5)
+  with pytest.raises(ValueError, match="does not tile"):
+    solvers.apply_clip(w, jnp.ones((3, 8)))
+  with pytest.raises(ValueError, match="zero tokens"):
+    solvers.act_mean_abs(x[:0])
+  with pytest.raises(TypeError):
+    solvers.awq_scales(w, act, "uint4", x=x)
