@@ -76,7 +76,7 @@ def calibration_batches(name: str, model, *, calib_text: str | None = None, num:
     wins = jeval.lm_calibration_windows(model, num or 32, 512, seed=seed, texts=texts)
     return [wins[i:i + 4] for i in range(0, len(wins), 4)]
   paras = jeval.encoder_calibration_texts(num or 256, seed=seed, texts=texts)
-  return [model.encode_batch(paras[i:i + 32], pad_to=128) for i in range(0, len(paras), 32)]
+  return [model.encode_batch(paras[i:i + 32], pad_to=256) for i in range(0, len(paras), 32)]   # 256 = truncation
 
 
 def evaluate(name: str, model, params, *, text: str | None = None, windows: int = 8,
