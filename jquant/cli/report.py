@@ -18,6 +18,7 @@ import numpy as np
 
 import jquant as jq
 from jquant.cli import common
+from jquant.ptq.layer_inputs import capture_linear_inputs
 
 NAME = "report"
 HELP = "per-layer SQNR / output error of a quantized checkpoint (+ PNG, + a mixed-bit suggestion)"
@@ -28,25 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--budget-mb", type=float, default=None,
                       help="suggest layers to keep at 8 bit within this total weight size (MiB)")
   parser.add_argument("--samples", type=int, default=8, help="calibration windows/paragraphs for output errors")
-
-
-def capture_linear_inputs(model, params, batches) -> dict[str, np.ndarray]:
-  """Inputs (flattened to (tokens, in), concatenated over batches) of every Linear in a float forward pass."""
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-
-  from jquant.models.layers import Linear  # pylint: disable=import-outside-toplevel
-  seen: dict[str, list[np.ndarray]] = {}
-
-  def grab(next_fun, args, kwargs, context):
-    if isinstance(context.module, Linear) and context.method_name == "__call__":
-      x = args[0]
-      seen.setdefault("/".join(context.module.path), []).append(np.asarray(x.reshape(-1, x.shape[-1])))
-    return next_fun(*args, **kwargs)
-
-  for b in batches:
-    with nn.intercept_methods(grab):
-      model.apply(params, b)
-  return {k: np.concatenate(v) for k, v in seen.items()}
 
 
 def layer_table(params, qparams, inputs: dict[str, np.ndarray]) -> list[dict]:

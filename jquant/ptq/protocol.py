@@ -25,17 +25,13 @@ class BlockwiseModel(Protocol):
 
   def block_names(self) -> Sequence[str]:
     """Top-level param keys of the blocks, in execution order."""
-    ...
 
   def embed(self, params: PyTree, batch: PyTree) -> tuple[jax.Array, PyTree]:
     """Runs everything before the first block. Returns (hidden, ctx); ctx (masks, positions) is passed to blocks."""
-    ...
 
   def apply_block(self, i: int, block_params: PyTree, hidden: jax.Array, ctx: PyTree) -> jax.Array:
     """Runs block ``i`` on ``hidden``; its linear layers are Flax modules whose ``__call__`` takes the input."""
-    ...
 
   def linear_groups(self) -> Sequence[Sequence[str]]:
     """Sub-groups of linear layers inside a block, quantized in order, as paths relative to the block,
     e.g. ``[["self_attn/q_proj", "self_attn/k_proj", "self_attn/v_proj"], ["self_attn/o_proj"], ...]``."""
-    ...
