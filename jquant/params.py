@@ -8,6 +8,7 @@ the QArray's qvalue on the leaf's sharding and the scales on the compatible shar
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Any
 
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jquant.core.paths import path_str
 from jquant.core.qarray import QArray
 from jquant.core.quantize import dequantize, quantize, quantize_checked, raise_if_not_finite
 from jquant.core.spec import QuantSpec
@@ -23,25 +25,6 @@ from jquant.rules import QuantConfig, spec_for_leaf
 
 PyTree = Any
 _LAST_REPORT: list[QuantReport] = []
-
-
-def path_str(path) -> str:
-  """'/'-joined key path; a trailing NNX Variable ``value`` key is dropped."""
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      parts.append(str(k.idx))
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      parts.append(k.name)
-    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-      parts.append(str(k.key))
-    else:
-      parts.append(str(k))
-  if len(parts) > 1 and parts[-1] == "value":
-    parts = parts[:-1]
-  return "/".join(parts)
 
 
 def _spec_summary(spec: QuantSpec) -> str:
@@ -185,3 +168,12 @@ def dequantize_params(params: PyTree, dtype=None) -> PyTree:
   """Replaces every `QArray` leaf by its dequantized array (original dtype unless ``dtype``)."""
   return jax.tree.map(lambda x: dequantize(x, dtype) if isinstance(x, QArray) else x, params,
                       is_leaf=lambda x: isinstance(x, QArray))
+
+
+def params_nbytes(params: PyTree) -> int:
+  """Bytes of a params tree: QArray leaves count packed (``QArray.nbytes``), other arrays ``size * itemsize``.
+  Works on abstract trees (``jax.eval_shape``) too."""
+  total = 0
+  for leaf in jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, QArray)):
+    total += leaf.nbytes if isinstance(leaf, QArray) else math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
+  return int(total)

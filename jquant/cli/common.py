@@ -89,10 +89,7 @@ def evaluate(name: str, model, params, *, text: str | None = None, windows: int 
   return {"mean_cos": float(r.mean_cos), "min_cos": float(r.min_cos), "top1_agree": float(r.top1_agree)}
 
 
-def params_nbytes(params) -> int:
-  import jax  # pylint: disable=import-outside-toplevel
-  leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, jq.QArray))
-  return int(sum(x.nbytes for x in leaves))
+params_nbytes = jq.params.params_nbytes
 
 
 def save_checkpoint(out: str | Path, params, meta: dict[str, Any]) -> Path:

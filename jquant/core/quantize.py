@@ -133,7 +133,7 @@ def _quantize_jit(x, scale, zero_point, key, *, spec: QuantSpec, with_finite_fla
     zero_point = None if zero_point is None else jnp.round(zero_point.astype(jnp.float32))
     flag = jnp.all(jnp.isfinite(x))
   q = quantize_with_params(x, scale, zero_point, spec.qtype, block, key=key, stochastic=spec.stochastic_rounding)
-  zp = None if zero_point is None else zero_point.astype(_zp_dtype(spec.qtype))
+  zp = None if zero_point is None else zero_point.astype(spec.qtype.storage_dtype)
   stored = double_quantize(scale, spec.double_quant_block) if spec.double_quant else scale.astype(spec.scale_jnp_dtype)
   qa = QArray(qvalue=q, scale=stored, zero_point=zp, g_idx=None, qtype=spec.qtype, spec=spec, dtype=str(x.dtype))
   if with_finite_flag:
@@ -151,10 +151,6 @@ def raise_if_not_finite(flag, x, what: str = "x") -> None:
   if not bool(flag):
     check_finite(x, what)
     raise ValueError(f"{what}: quantization produced non-finite scales; check the values of {what}.")
-
-
-def _zp_dtype(qtype: QType):
-  return qtype.storage_dtype
 
 
 def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check_finite_values: bool = True) -> QArray:
@@ -209,7 +205,7 @@ def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check
   return _quantize_jit(x, scale, zero_point, key, spec=spec)
 
 
-def _scale_f32(qa: QArray) -> jax.Array:
+def scale_f32(qa: QArray) -> jax.Array:
   if isinstance(qa.scale, DoubleQuantScale):
     return qa.scale.dequantize()
   return qa.scale.astype(jnp.float32)
@@ -217,7 +213,7 @@ def _scale_f32(qa: QArray) -> jax.Array:
 
 def expanded_params(qa: QArray):
   """(scale, zero_point, block) with act-order ``g_idx`` resolved: the per-tile params dequantize uses."""
-  scale = _scale_f32(qa)
+  scale = scale_f32(qa)
   zp = qa.zero_point
   if qa.g_idx is not None:
     ax = group_axis(qa.spec.granularity, qa.ndim)

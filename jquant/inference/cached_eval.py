@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jquant.core import QArray
+from jquant.params import params_nbytes  # re-exported by jquant.inference
 from jquant.eval.perplexity import PerplexityResult, window_nll
 from jquant.eval.text import token_windows
 from jquant.inference.generation import model_config, new_cache
@@ -85,15 +85,3 @@ def cached_perplexity(model: Any, params: dict, cache_config: KVCacheConfig = KV
     total += float(np.asarray(nll, np.float64)[:min(batch_size, windows - s)].sum())
   n = windows * (seq_len - 1)
   return PerplexityResult(ppl=math.exp(total / n), nll=total, n_predictions=n, windows=windows, seq_len=seq_len)
-
-
-def params_nbytes(params: Any) -> int:
-  """Bytes of a params tree: QArray leaves count packed (``QArray.nbytes``), other arrays ``size * itemsize``.
-  Works on abstract trees (``jax.eval_shape``) too."""
-  total = 0
-  for leaf in jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, QArray)):
-    if isinstance(leaf, QArray):
-      total += leaf.nbytes
-    else:
-      total += int(np.prod(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize
-  return int(total)

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from jquant.core.granularity import PerChannel, PerTensor
 from jquant.core.qarray import QArray
 from jquant.core.quantize import dequantize
-from jquant.ops.prepared import PreparedWeight, _scale_f32, dequantize_prepared
+from jquant.core.quantize import scale_f32
+from jquant.ops.prepared import PreparedWeight, dequantize_prepared
 
 _F32 = jnp.float32
 
@@ -46,7 +47,7 @@ def qdot_xla(x: jax.Array, w: QArray | PreparedWeight) -> jax.Array:
     q = w.qvalue.astype(_F32)
     if w.zero_point is not None:
       q = q - w.zero_point.astype(_F32)
-    return _dot(x, q.astype(cd)) * _scale_f32(w)
+    return _dot(x, q.astype(cd)) * scale_f32(w)
   return _dot(x, dequantize(w, cd))
 
 
@@ -63,7 +64,7 @@ def qdot_xla_quantized(xv: jax.Array, x_scale: jax.Array, w: QArray | PreparedWe
   if isinstance(w, PreparedWeight):
     wq, w_scale = w.w.T, w.scale.astype(_F32)
   else:
-    wq, w_scale = w.qvalue, _scale_f32(w).reshape(1, -1)
+    wq, w_scale = w.qvalue, scale_f32(w).reshape(1, -1)
   if xv.dtype == jnp.int8 and wq.dtype == jnp.int8:
     acc = jax.lax.dot_general(xv, wq, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32).astype(_F32)
   elif xv.dtype == wq.dtype:

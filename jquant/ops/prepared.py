@@ -55,11 +55,6 @@ class PreparedWeight:
     return f"PreparedWeight({self.kind}, shape={self.shape}, group_size={self.group_size}{extra})"
 
 
-def _scale_f32(qa: QArray) -> jax.Array:
-  s = qa.scale.dequantize() if isinstance(qa.scale, DoubleQuantScale) else qa.scale
-  return s.astype(jnp.float32)
-
-
 def _group_size(qa: QArray) -> tuple[int | None, str | None]:
   """(G, None) when the granularity maps onto (K // G, N) scales, else (None, reason)."""
   g = qa.spec.granularity

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from jquant.core.qarray import QArray
 from jquant.core.quantize import dequantize
 from jquant.ops import _pallas, _xla
-from jquant.ops.prepared import PreparedWeight, _scale_f32
+from jquant.core.quantize import scale_f32
+from jquant.ops.prepared import PreparedWeight
 
 Implementation = Literal["pallas", "xla"] | None
 _IMPLEMENTATIONS = (None, "pallas", "xla")
@@ -31,7 +32,7 @@ def _split_x(x, k: int):
                        "Quantize x with jq.QuantSpec(qtype=jq.INT8, granularity=jq.PerToken()).")
     if x.shape[-1] != k:
       raise ValueError(f"qdot: x has {x.shape[-1]} features but w has K={k} (x: {x.shape}).")
-    s = _scale_f32(x)
+    s = scale_f32(x)
     lead = x.shape[:-1]
     if s.size == 1:
       xs = s.reshape(1, 1)

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jquant.core.paths import path_str
 from jquant.core.qarray import QArray
 from jquant.core.quantize import quantize
 from jquant.core.spec import QuantSpec
@@ -24,11 +25,6 @@ SCALE_SUFFIX = "_scale"
 ZERO_POINT_SUFFIX = "_zero_point"
 
 
-def path_str(path) -> str:
-  """'/'-joined pytree path, e.g. ``"params/layers_0/mlp/kernel"``."""
-  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
-
-
 def _resolver(specs) -> Callable[[str, Any], QuantSpec | None]:
   """Turns the accepted spec sources into ``f(path, leaf) -> QuantSpec | None``."""
   if isinstance(specs, QuantSpec):
@@ -36,20 +32,6 @@ def _resolver(specs) -> Callable[[str, Any], QuantSpec | None]:
                     "{path: spec}, a callable (path, leaf) -> spec | None, or a jq.QuantConfig.")
   if callable(getattr(specs, "spec_for", None)):                     # jq.QuantConfig with spec_for(path, ndim)
     return lambda path, leaf: specs.spec_for(path, jnp.ndim(leaf))
-  if callable(getattr(specs, "match", None)) and callable(getattr(specs, "skipped_by", None)):
-    def from_rules(path, leaf):                                      # jq.QuantConfig (first match wins)
-      if specs.skipped_by(path) is not None:
-        return None
-      found = specs.match(path)
-      if found is None or found[1].spec is None:
-        return None
-      rule = found[1]
-      if jnp.ndim(leaf) > 2 and rule.batch_axes != ():
-        raise NotImplementedError(
-            f"convert: {path} has rank {jnp.ndim(leaf)} (stacked weights); resolving its batch axes needs "
-            "QuantConfig.spec_for(path, ndim). Pass a mapping {path: spec} with explicit batch_axes instead.")
-      return rule.spec
-    return from_rules
   if isinstance(specs, Mapping):
     for k, v in specs.items():
       if not isinstance(k, str) or not (v is None or isinstance(v, QuantSpec)):
