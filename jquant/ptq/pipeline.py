@@ -224,25 +224,31 @@ def _awq_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, 
         xr = sqrt_gram(grams[p], stats[p].count)
         xs = xr / np.asarray(scaled[p])[None, :] if p in scaled else xr
         lin = get_in(block, p)
-        clip = awq_clip(lin["kernel"], xs, spec, n_tokens=xs.shape[0])
-        lin["kernel"] = apply_clip(lin["kernel"], clip.max_val)
+        clip = awq_clip(lin["kernel"], xs, spec, n_tokens=xs.shape[0], mode=method.clip_mode)
+        lin["kernel"] = apply_clip(lin["kernel"], clip.max_val, clip.min_val)
         extra.setdefault(p, {})["clipped"] = True
   return in_div, out_div, extra
 
 
-def _smooth_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, dict]:
-  in_div, extra = {}, {}
+def _smooth_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, dict, dict]:
+  """SmoothQuant migration scales (float-model act max, current weights), folded in place; (in_div, out_div, extra)
+  as `_awq_transform`."""
+  in_div, out_div, extra = {}, {}, {}
   for g, paths in enumerate(groups):
     target = plan.targets[g] if g < len(plan.targets) else None
-    if target is None or not target.norm_fed or not any(keep_rel(p) for p in paths):
+    if target is None or target.kind == "none" or not any(keep_rel(p) for p in paths):
+      continue
+    if method.smooth == "norm" and not target.norm_fed:
       continue
     st = stats[paths[0]]
-    s = smoothquant_scales(_eff_vec(st.abs_max, get_in(block, paths[0])), weight_absmax([get_in(block, f"{p}/kernel") for p in paths]), method.alpha)
+    w_max = weight_absmax([get_in(block, f"{p}/kernel") for p in paths])
+    s = smoothquant_scales(_eff_vec(st.abs_max, get_in(block, paths[0])), w_max, method.alpha)
     info = apply_group_scales(block, target, paths, s)
     in_div.update(info["in_div"])
+    out_div.update(info["out_div"])
     for p in paths:
       extra[p] = {"smooth_min": float(jnp.min(s)), "smooth_max": float(jnp.max(s))}
-  return in_div, extra
+  return in_div, out_div, extra
 
 
 def _fp_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entries):
@@ -257,7 +263,7 @@ def _fp_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entri
   if isinstance(method, M.AWQ):
     in_div, out_div, extra = _awq_transform(method, plan, block, stats, groups, rel_keep)
   elif isinstance(method, M.SmoothQuant):
-    in_div, extra = _smooth_transform(method, plan, block, stats, groups, rel_keep)
+    in_div, out_div, extra = _smooth_transform(method, plan, block, stats, groups, rel_keep)
   shared = (time.perf_counter() - t0) / max(len(all_paths), 1)
   bits = M.method_bits(method)
   matmul = getattr(method, "matmul", default_matmul)

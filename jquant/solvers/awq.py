@@ -7,9 +7,12 @@ inputs (``x / s``), see `jquant.solvers.folding`. The search follows the referen
   ``i = 0 .. grid - 1`` (alpha = 1 is not searched; alpha = 0 is plain RTN). Every kernel sharing the input is
   replaced by ``Q(w * s) / s`` and the float32 MSE of the outputs against the float outputs is compared; the first
   minimum wins. The candidates run under ``lax.map`` (vmapped in chunks of ``batch_size``), not a Python loop.
-* clip: per group and output column, ``max_val = amax|w| * (1 - k / n_grid)`` for ``k < max_shrink * n_grid``, a
-  symmetric clamp to ``[-max_val, max_val]``, and the MSE of the per-group partial products over a strided
-  subsample of at most ~``n_tokens`` tokens (stride ``max(T // n_tokens, 1)``, so fewer tokens are fine).
+* clip: per group and output column, shrink factors ``p = 1 - k / n_grid`` for ``k < max_shrink * n_grid`` and the
+  MSE of the per-group partial products over a strided subsample of at most ~``n_tokens`` tokens (stride
+  ``max(T // n_tokens, 1)``, so fewer tokens are fine). ``mode="absmax"`` is the reference: a symmetric clamp to
+  ``[-p * amax|w|, p * amax|w|]`` even for an asymmetric grid (it only ever trims the larger side of a group).
+  ``mode="minmax"`` shrinks both ends of the asymmetric grid's range, ``[p * min(w, 0), p * max(w, 0)]``: on
+  MiniLM AWQ w3 g128 it lifts the mean cosine from 0.894 to 0.905 (w4: 0.969 -> 0.970).
 
 The quantizer is the spec's jq grid. The reference's asymmetric AWQ grid does not force the range to contain 0;
 jq's MinMax grid does, so groups of one sign get a coarser grid here (groups that cross 0 are identical).
@@ -41,10 +44,12 @@ class AWQScales(NamedTuple):
 
 
 class AWQClip(NamedTuple):
-  """Result of `awq_clip`: ``max_val`` (K // G, N) clip thresholds and ``errors`` (K // G, N) at the optimum."""
+  """Result of `awq_clip`: clip bounds ``min_val`` / ``max_val`` (K // G, N) and ``errors`` (K // G, N) at the
+  optimum (``min_val == -max_val`` in ``"absmax"`` mode). Apply with ``apply_clip(w, max_val, min_val)``."""
 
   max_val: jax.Array
   errors: jax.Array
+  min_val: jax.Array
 
 
 def fake_quant(w: jax.Array, spec: QuantSpec) -> jax.Array:
@@ -163,8 +168,8 @@ def _clip_group_size(spec: QuantSpec, k: int) -> int:
   raise ValueError(f"awq_clip: granularity {g} is not supported; use PerGroup(axis=0, size=G) or PerChannel(-1).")
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "gsize", "n_grid", "n_steps", "stride"))
-def _search_clip(w, x, *, spec, gsize, n_grid, n_steps, stride):
+@functools.partial(jax.jit, static_argnames=("spec", "gsize", "n_grid", "n_steps", "stride", "mode"))
+def _search_clip(w, x, *, spec, gsize, n_grid, n_steps, stride, mode):
   kdim, ndim = w.shape
   ng = kdim // gsize
   w = w.astype(jnp.float32)
@@ -172,11 +177,16 @@ def _search_clip(w, x, *, spec, gsize, n_grid, n_steps, stride):
   xg = xs.reshape(xs.shape[0], ng, gsize)
   gram = jnp.einsum("tgi,tgj->gij", xg, xg, precision=_HI) / xs.shape[0]       # (G, g, g)
   wg = w.reshape(ng, gsize, ndim)
-  org_max = jnp.max(jnp.abs(wg), axis=1, keepdims=True)                          # (G, 1, N)
+  if mode == "absmax":
+    org_max = jnp.max(jnp.abs(wg), axis=1, keepdims=True)                        # (G, 1, N)
+    org_min = -org_max
+  else:
+    org_max = jnp.maximum(jnp.max(wg, axis=1, keepdims=True), 0.0)
+    org_min = jnp.minimum(jnp.min(wg, axis=1, keepdims=True), 0.0)
 
   def err_for(step):
-    max_val = org_max * (1.0 - step / n_grid)
-    cur = jnp.clip(wg, -max_val, max_val).reshape(kdim, ndim)
+    p = 1.0 - step / n_grid
+    cur = jnp.clip(wg, org_min * p, org_max * p).reshape(kdim, ndim)
     d = (fake_quant(cur, spec) - w).reshape(ng, gsize, ndim)
     # mean over tokens of (partial product error)^2 = d^T (X_g^T X_g / T) d per group and column
     return jnp.sum(d * jnp.einsum("gij,gjn->gin", gram, d, precision=_HI), axis=1)   # (G, N)
@@ -184,10 +194,11 @@ def _search_clip(w, x, *, spec, gsize, n_grid, n_steps, stride):
   errs = lax.map(err_for, jnp.arange(n_steps, dtype=jnp.float32))                  # (steps, G, N)
   best = jnp.argmin(errs, axis=0)                                                   # first minimum per (G, N)
   factor = 1.0 - best.astype(jnp.float32) / n_grid
-  return AWQClip(max_val=org_max[:, 0, :] * factor, errors=jnp.min(errs, axis=0))
+  return AWQClip(max_val=org_max[:, 0, :] * factor, errors=jnp.min(errs, axis=0), min_val=org_min[:, 0, :] * factor)
 
 
-def awq_clip(w, x, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5, n_tokens: int = 512) -> AWQClip:
+def awq_clip(w, x, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5, n_tokens: int = 512,
+             mode: str = "absmax") -> AWQClip:
   """AWQ's clip search for one kernel, run after the scales are applied (pass ``w * s`` and ``x / s``).
 
   Args:
@@ -197,9 +208,11 @@ def awq_clip(w, x, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
     n_grid: shrink steps of ``1 / n_grid``; ``int(max_shrink * n_grid)`` candidates (10: 1.00 .. 0.55).
     max_shrink: the largest shrink fraction (0.5 in the reference).
     n_tokens: subsample target; tokens ``x[::max(T // n_tokens, 1)]`` are used (any T >= 1 works).
+    mode: ``"absmax"`` (the reference: symmetric clamp ``[-p * amax, p * amax]``) or ``"minmax"`` (shrink both ends
+      of the range ``[p * min(w, 0), p * max(w, 0)]``, which suits asymmetric grids).
 
   Returns:
-    `AWQClip` with ``max_val`` (K // G, N); apply with `apply_clip`.
+    `AWQClip` with ``min_val`` / ``max_val`` (K // G, N); apply with ``apply_clip(w, clip.max_val, clip.min_val)``.
 
   Raises:
     ValueError: shape mismatches, zero tokens, NaN inputs, bad grid parameters or granularity.
@@ -217,24 +230,30 @@ def awq_clip(w, x, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
       raise ValueError(f"awq_clip: {name} must be a positive int, got {v!r}.")
   if not 0 < max_shrink < 1:
     raise ValueError(f"awq_clip: max_shrink must be in (0, 1) (0.5 in the reference), got {max_shrink!r}.")
+  if mode not in ("absmax", "minmax"):
+    raise ValueError(f"awq_clip: mode must be 'absmax' (the reference) or 'minmax', got {mode!r}.")
   n_steps = max(int(max_shrink * n_grid), 1)
   gsize = _clip_group_size(spec, w.shape[0])
   check_finite(w, "w")
   check_finite(x, "x")
   stride = max(x.shape[0] // n_tokens, 1)
-  return _search_clip(w, x, spec=spec, gsize=gsize, n_grid=n_grid, n_steps=n_steps, stride=stride)
+  return _search_clip(w, x, spec=spec, gsize=gsize, n_grid=n_grid, n_steps=n_steps, stride=stride, mode=mode)
 
 
-def apply_clip(w, max_val) -> jax.Array:
-  """Clamps each group of kernel rows to ``[-max_val, max_val]``; ``max_val`` is (K // G, N) from `awq_clip`."""
+def apply_clip(w, max_val, min_val=None) -> jax.Array:
+  """Clamps each group of kernel rows to ``[min_val, max_val]`` (``min_val`` defaults to ``-max_val``); the bounds
+  are (K // G, N) from `awq_clip`."""
   w = check_float_array(w, "w")
   max_val = check_float_array(max_val, "max_val")
-  if w.ndim != 2 or max_val.ndim != 2 or max_val.shape[1] != w.shape[1] or w.shape[0] % max_val.shape[0]:
-    raise ValueError(f"apply_clip: max_val {tuple(max_val.shape)} does not tile w {tuple(w.shape)}; expected "
-                     "(K // G, N).")
+  min_val = -max_val if min_val is None else check_float_array(min_val, "min_val")
+  if w.ndim != 2 or max_val.ndim != 2 or max_val.shape[1] != w.shape[1] or w.shape[0] % max_val.shape[0] \
+      or min_val.shape != max_val.shape:
+    raise ValueError(f"apply_clip: max_val {tuple(max_val.shape)} / min_val {tuple(min_val.shape)} do not tile w "
+                     f"{tuple(w.shape)}; expected (K // G, N) each.")
   g = w.shape[0] // max_val.shape[0]
-  m = jnp.repeat(max_val.astype(jnp.float32), g, axis=0)
-  return jnp.clip(w.astype(jnp.float32), -m, m).astype(w.dtype)
+  hi = jnp.repeat(max_val.astype(jnp.float32), g, axis=0)
+  lo = jnp.repeat(min_val.astype(jnp.float32), g, axis=0)
+  return jnp.clip(w.astype(jnp.float32), lo, hi).astype(w.dtype)
 
 
 def act_mean_abs(x) -> jax.Array:

@@ -132,3 +132,22 @@ def test_activation_methods_need_their_matmul(rng):
     b = np.asarray(model.apply(qparams, batch))      # weight-only int8: differs by the activation rounding
     assert 0 < np.max(np.abs(a - b))
   assert jq.ptq.runtime_model(model, _methods()["gptq_ao"]) is model
+
+
+@pytest.mark.parametrize("arch,smoothed", [("llama", "mlp/down_proj"), ("bert", "output")])
+def test_smoothquant_smooth_all_scales_previous_linear_groups_too(arch, smoothed, rng):
+  model, params, batches = _setup(arch, rng)
+  ref = jq.ptq.SmoothQuant()
+  every = jq.ptq.SmoothQuant(smooth="all")
+  _, rep_ref = jq.ptq.quantize_model(model, params, batches, ref, progress=False)
+  qp, rep = jq.ptq.quantize_model(model, params, batches, every, progress=False)
+  path = f"{model.block_names()[0]}/{smoothed}"
+  assert "smooth_min" not in rep_ref[path].extra and "smooth_min" in rep[path].extra
+  # every layer's SQNR is measured against the float layer through the folded scales (a missing out_div -> ~0 dB)
+  assert min(e.sqnr_db for e in rep.layers) > 30.0
+  assert H.rel_err(model, params, qp, H.concat(batches), every) < 2e-2
+
+
+def test_smoothquant_rejects_unknown_smooth():
+  with pytest.raises(ValueError, match="smooth must be 'norm'"):
+    jq.ptq.SmoothQuant(smooth="everything")

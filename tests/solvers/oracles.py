@@ -153,25 +153,36 @@ def awq_scale_oracle(ws, act, x, *, g, qmin, qmax, symmetric, n_grid=20):
   return best / n_grid, np.array(errs)
 
 
-def awq_clip_oracle(w, x, *, g, qmin, qmax, symmetric, n_grid=20, max_shrink=0.5, n_sample=512):
-  """auto_clip on one kernel (K, N): per group and output column, partial products over strided tokens."""
+def awq_clip_oracle(w, x, *, g, qmin, qmax, symmetric, n_grid=20, max_shrink=0.5, n_sample=512, mode="absmax"):
+  """auto_clip on one kernel (K, N): per group and output column, partial products over strided tokens.
+
+  Returns the best upper bounds (K // g, N); with ``mode="minmax"`` returns (lower, upper), both ends of the range
+  [min(w, 0), max(w, 0)] shrunk by the same factor."""
   x = x.astype(np.float64)[:: max(x.shape[0] // n_sample, 1)]
   k, n = w.shape
   w = w.astype(np.float32)
   best = np.zeros((k // g, n))
+  best_lo = np.zeros((k // g, n))
   for j in range(0, k, g):
     wg = w[j:j + g]                                        # (g, N) float32, as the clamp bounds below
     org_out = x[:, j:j + g] @ wg.astype(np.float64)        # (T, N) partial products of this group
-    amax = np.abs(wg).max(axis=0)
+    if mode == "absmax":
+      hi0 = np.abs(wg).max(axis=0)
+      lo0 = -hi0
+    else:
+      hi0, lo0 = np.maximum(wg.max(axis=0), 0), np.minimum(wg.min(axis=0), 0)
     min_err = np.full(n, 1e9)
-    best_max = amax.copy()
+    best_max, best_min = hi0.copy(), lo0.copy()
     for i_s in range(int(max_shrink * n_grid)):
-      max_val = amax * np.float32(1 - i_s / n_grid)
-      cur = np.clip(wg, -max_val, max_val)
+      p = np.float32(1 - i_s / n_grid)
+      max_val, min_val = hi0 * p, lo0 * p
+      cur = np.clip(wg, min_val, max_val)
       qw = fake_quant_groups(cur, g, qmin, qmax, symmetric, grid_dtype=np.float32)
       err = np.mean((x[:, j:j + g] @ qw - org_out) ** 2, axis=0)
       better = err < min_err
       min_err[better] = err[better]
       best_max[better] = max_val[better]
+      best_min[better] = min_val[better]
     best[j // g] = best_max
-  return best
+    best_lo[j // g] = best_min
+  return best if mode == "absmax" else (best_lo, best)

@@ -119,9 +119,33 @@ def test_bad_inputs():
     solvers.awq_clip(w, x.T, SPEC)
   with pytest.raises(ValueError, match="max_shrink"):
     solvers.awq_clip(w, x, SPEC, max_shrink=1.5)
-  with pytest.raises(ValueError, match="does not tile"):
+  with pytest.raises(ValueError, match="do not tile"):
     solvers.apply_clip(w, jnp.ones((3, 8)))
   with pytest.raises(ValueError, match="zero tokens"):
     solvers.act_mean_abs(x[:0])
   with pytest.raises(TypeError):
     solvers.awq_scales(w, act, "uint4", x=x)
+
+
+def test_minmax_clip_matches_oracle_and_clamps_both_ends():
+  rng = rng_for("awq-clip-minmax")
+  x, w = structured_layer(rng, 64, 48, 700)
+  w = w + 0.3 * np.abs(w).mean()                     # lopsided groups: the two ends of the range differ
+  res = solvers.awq_clip(jnp.asarray(w), jnp.asarray(x), SPEC, mode="minmax")
+  lo, hi = awq_clip_oracle(w, x, g=32, qmin=0, qmax=15, symmetric=False, mode="minmax")
+  assert res.min_val.shape == res.max_val.shape == (2, 48)
+  assert np.isclose(np.asarray(res.max_val), hi, rtol=1e-5).mean() >= 0.95
+  assert np.isclose(np.asarray(res.min_val), lo, rtol=1e-5).mean() >= 0.95
+  assert np.all(np.asarray(res.min_val) <= 0) and np.all(np.asarray(res.max_val) >= 0)
+  clipped = np.asarray(solvers.apply_clip(jnp.asarray(w), res.max_val, res.min_val))
+  lo_rows, hi_rows = np.repeat(np.asarray(res.min_val), 32, 0), np.repeat(np.asarray(res.max_val), 32, 0)
+  np.testing.assert_array_equal(clipped, np.clip(w, lo_rows, hi_rows))
+  ab = solvers.awq_clip(jnp.asarray(w), jnp.asarray(x), SPEC)
+  np.testing.assert_array_equal(np.asarray(ab.min_val), -np.asarray(ab.max_val))
+  with pytest.raises(ValueError, match="mode must be 'absmax'"):
+    solvers.awq_clip(jnp.asarray(w), jnp.asarray(x), SPEC, mode="percentile")
+  with pytest.raises(ValueError, match="clip_range must be"):
+    jq.ptq.AWQ(SPEC, clip_range="both")
+  assert jq.ptq.AWQ(SPEC).clip_mode == "minmax"
+  sym = jq.QuantSpec(qtype=jq.INT4, granularity=jq.PerGroup(axis=0, size=32))
+  assert jq.ptq.AWQ(sym).clip_mode == "absmax" and jq.ptq.AWQ(SPEC, clip_range="absmax").clip_mode == "absmax"
