@@ -37,7 +37,7 @@ from jquant.ptq import methods as M
 from jquant.ptq.capture import capture_block, forward_block
 from jquant.ptq.protocol import BlockwiseModel
 from jquant.ptq.report import LayerReport, PTQReport, output_sqnr_db, tree_nbytes
-from jquant.ptq.scaling import apply_group_scales, copy_dicts, get_in, scale_plan, set_in, sqrt_gram
+from jquant.ptq.scaling import apply_group_scales, copy_dicts, get_in, scale_plan, set_in
 from jquant.solvers.awq import apply_clip, awq_clip, awq_scales
 from jquant.solvers.gptq import gptq
 from jquant.solvers.llm_int8 import llm_int8_prepare
@@ -203,9 +203,8 @@ def _awq_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, 
     if target is None or target.kind == "none" or not any(keep_rel(p) for p in paths):
       continue
     st, lv = stats[paths[0]], get_in(block, paths[0])
-    xr = sqrt_gram(_eff_gram(st, lv), st.count)
-    res = awq_scales([get_in(block, f"{p}/kernel") for p in paths], _eff_vec(st.mean_abs, lv), spec, x=xr,
-                     grid=method.grid)
+    res = awq_scales([get_in(block, f"{p}/kernel") for p in paths], _eff_vec(st.mean_abs, lv), spec,
+                     gram=_eff_gram(st, lv) / max(st.count, 1), grid=method.grid)
     found.append((target, paths, res.scales))
     for p in paths:
       extra[p] = {"alpha": float(res.alpha)}
@@ -221,10 +220,11 @@ def _awq_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, 
       for p in paths:
         if not keep_rel(p) or p in plan.no_clip:
           continue
-        xr = sqrt_gram(grams[p], stats[p].count)
-        xs = xr / np.asarray(scaled[p])[None, :] if p in scaled else xr
+        gram = grams[p] / max(stats[p].count, 1)
+        if p in scaled:        # the scaled kernel reads x / s
+          gram = gram / (scaled[p][:, None] * scaled[p][None, :])
         lin = get_in(block, p)
-        clip = awq_clip(lin["kernel"], xs, spec, n_tokens=xs.shape[0], mode=method.clip_mode)
+        clip = awq_clip(lin["kernel"], None, spec, gram=gram, mode=method.clip_mode)
         lin["kernel"] = apply_clip(lin["kernel"], clip.max_val, clip.min_val)
         extra.setdefault(p, {})["clipped"] = True
   return in_div, out_div, extra

@@ -20,7 +20,6 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax.numpy as jnp
-import numpy as np
 
 from jquant.models.minilm import MiniLM
 from jquant.models.smollm2 import SmolLM2
@@ -120,11 +119,3 @@ def apply_group_scales(block: PyTree, target: ScaleTarget, paths: Sequence[str],
   else:
     raise ValueError(f"apply_group_scales: target kind {target.kind!r} cannot take scales.")
   return info
-
-
-def sqrt_gram(gram, count: float) -> np.ndarray:
-  """(K, K) ``R`` with ``R^T R = gram / count``: stands in for the calibration tokens in output-MSE objectives
-  (``mean ||x dW||^2`` over all tokens equals ``||R dW||^2 / K`` up to the factor ``K / count``)."""
-  g = np.asarray(gram, np.float64) / max(count, 1.0)
-  e, v = np.linalg.eigh((g + g.T) / 2)
-  return (v * np.sqrt(np.maximum(e, 0.0))).T.astype(np.float32)

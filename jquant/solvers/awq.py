@@ -73,7 +73,7 @@ def _as_kernels(w, what: str) -> tuple[jax.Array, ...]:
   return ws
 
 
-def _search_scales(ws, act, x, *, spec, grid, batch_size, inspect_fn):
+def _search_scales(ws, act, x, gram, *, spec, grid, batch_size, inspect_fn):
   act = act.astype(jnp.float32)
   ratios = jnp.arange(grid, dtype=jnp.float32) / grid
 
@@ -84,6 +84,7 @@ def _search_scales(ws, act, x, *, spec, grid, batch_size, inspect_fn):
 
   if x is not None:
     ref = outputs(ws)
+  nout = sum(k.shape[1] for k in ws)
 
   def scales_for(alpha):
     s = jnp.maximum(act ** alpha, 1e-4)
@@ -92,11 +93,14 @@ def _search_scales(ws, act, x, *, spec, grid, batch_size, inspect_fn):
   def err_for(alpha):
     s = scales_for(alpha)[:, None]
     wq = tuple(fake_quant(k.astype(jnp.float32) * s, spec) / s for k in ws)
+    if gram is not None:     # mean_t ||x_t dW||^2 / N = tr(dW^T E[x x^T] dW) / N: no tokens needed
+      d = jnp.concatenate([q - k.astype(jnp.float32) for q, k in zip(wq, ws)], axis=1)
+      return jnp.sum(d * jnp.matmul(gram, d, precision=_HI)) / nout
     if x is not None:
       return jnp.mean(jnp.square(outputs(wq) - ref))
     # no calibration inputs: diagonal proxy E[x_k^2] ~ mean|x_k|^2 of the output error
     d2 = sum(jnp.sum(jnp.square(q - k.astype(jnp.float32)), axis=1) for q, k in zip(wq, ws))
-    return jnp.sum(jnp.square(act) * d2) / sum(k.shape[1] for k in ws)
+    return jnp.sum(jnp.square(act) * d2) / nout
 
   errs = lax.map(err_for, ratios, batch_size=batch_size)
   best = jnp.argmin(errs)                      # first minimum, as the reference's strict `<`
@@ -106,8 +110,8 @@ def _search_scales(ws, act, x, *, spec, grid, batch_size, inspect_fn):
 _search_scales_jit = jax.jit(_search_scales, static_argnames=("spec", "grid", "batch_size", "inspect_fn"))
 
 
-def awq_scales(w, act_mean_abs, spec: QuantSpec, *, x=None, grid: int = 20, batch_size: int | None = None,
-               inspect_fn: Callable | None = None) -> AWQScales:
+def awq_scales(w, act_mean_abs, spec: QuantSpec, *, x=None, gram=None, grid: int = 20,
+               batch_size: int | None = None, inspect_fn: Callable | None = None) -> AWQScales:
   """Searches AWQ's per-input-channel scales for the kernels that share one input.
 
   Args:
@@ -116,6 +120,8 @@ def awq_scales(w, act_mean_abs, spec: QuantSpec, *, x=None, grid: int = 20, batc
     spec: the weight QuantSpec the kernels will be quantized with (e.g. UINT4 asymmetric PerGroup(0, 128)).
     x: (T, K) calibration inputs. The objective is the MSE of the outputs ``x @ w`` (concatenated over the list)
       or of ``inspect_fn(kernels, x)``. Without ``x`` a diagonal proxy ``sum_k mean|x_k|^2 ||dW_k||^2`` is used.
+    gram: (K, K) second moment ``E[x x^T] = X^T X / T`` of the calibration inputs, instead of ``x``: the same
+      output MSE computed without the tokens (what `jquant.ptq.quantize_model` streams). Not with ``inspect_fn``.
     grid: number of alphas, ``alpha = i / grid`` for ``i < grid`` (20 in the reference).
     batch_size: candidates evaluated at once (vmap chunk of ``lax.map``); None evaluates them one at a time, which
       bounds memory to one fake-quantized copy of the kernels.
@@ -147,6 +153,10 @@ def awq_scales(w, act_mean_abs, spec: QuantSpec, *, x=None, grid: int = 20, batc
     raise ValueError(f"awq_scales: grid must be a positive int (20 in the reference), got {grid!r}.")
   if inspect_fn is not None and x is None:
     raise ValueError("awq_scales: inspect_fn needs the calibration inputs x=(T, K) to run the inspected module.")
+  if gram is not None:
+    if x is not None:
+      raise ValueError("awq_scales: pass either x (tokens) or gram (their second moment), not both.")
+    gram = _check_gram(gram, k, "awq_scales")
   if x is not None:
     x = check_float_array(x, "x")
     if x.ndim != 2 or x.shape[1] != k:
@@ -155,7 +165,16 @@ def awq_scales(w, act_mean_abs, spec: QuantSpec, *, x=None, grid: int = 20, batc
       raise ValueError("awq_scales: x holds zero calibration tokens; pass at least one (T >= 1).")
     check_finite(x, "x")
     x = x.astype(jnp.float32)
-  return _search_scales_jit(ws, act, x, spec=spec, grid=grid, batch_size=batch_size, inspect_fn=inspect_fn)
+  return _search_scales_jit(ws, act, x, gram, spec=spec, grid=grid, batch_size=batch_size, inspect_fn=inspect_fn)
+
+
+def _check_gram(gram, k: int, what: str) -> jax.Array:
+  gram = check_float_array(gram, "gram")
+  if gram.shape != (k, k):
+    raise ValueError(f"{what}: gram has shape {tuple(gram.shape)}, expected ({k}, {k}) = E[x x^T] over the "
+                     "calibration tokens.")
+  check_finite(gram, "gram")
+  return gram.astype(jnp.float32)
 
 
 def _clip_group_size(spec: QuantSpec, k: int) -> int:
@@ -168,14 +187,26 @@ def _clip_group_size(spec: QuantSpec, k: int) -> int:
   raise ValueError(f"awq_clip: granularity {g} is not supported; use PerGroup(axis=0, size=G) or PerChannel(-1).")
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "gsize", "n_grid", "n_steps", "stride", "mode"))
-def _search_clip(w, x, *, spec, gsize, n_grid, n_steps, stride, mode):
+@functools.partial(jax.jit, static_argnames=("gsize", "stride"))
+def _token_gram_blocks(x, *, gsize, stride):
+  """(G, g, g) diagonal blocks of E[x x^T] over the strided token subsample."""
+  xs = x[::stride].astype(jnp.float32)
+  xg = xs.reshape(xs.shape[0], xs.shape[1] // gsize, gsize)
+  return jnp.einsum("tgi,tgj->gij", xg, xg, precision=_HI) / xs.shape[0]
+
+
+@functools.partial(jax.jit, static_argnames=("gsize",))
+def _gram_blocks(gram, *, gsize):
+  ng = gram.shape[0] // gsize
+  idx = jnp.arange(ng)
+  return gram.reshape(ng, gsize, ng, gsize)[idx, :, idx, :]
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "gsize", "n_grid", "n_steps", "mode"))
+def _search_clip(w, gram, *, spec, gsize, n_grid, n_steps, mode):
   kdim, ndim = w.shape
   ng = kdim // gsize
   w = w.astype(jnp.float32)
-  xs = x[::stride].astype(jnp.float32)
-  xg = xs.reshape(xs.shape[0], ng, gsize)
-  gram = jnp.einsum("tgi,tgj->gij", xg, xg, precision=_HI) / xs.shape[0]       # (G, g, g)
   wg = w.reshape(ng, gsize, ndim)
   if mode == "absmax":
     org_max = jnp.max(jnp.abs(wg), axis=1, keepdims=True)                        # (G, 1, N)
@@ -198,18 +229,19 @@ def _search_clip(w, x, *, spec, gsize, n_grid, n_steps, stride, mode):
 
 
 def awq_clip(w, x, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5, n_tokens: int = 512,
-             mode: str = "absmax") -> AWQClip:
+             mode: str = "absmax", gram=None) -> AWQClip:
   """AWQ's clip search for one kernel, run after the scales are applied (pass ``w * s`` and ``x / s``).
 
   Args:
     w: kernel (K, N).
-    x: (T, K) calibration inputs of this kernel.
+    x: (T, K) calibration inputs of this kernel, or None with ``gram``.
     spec: the weight QuantSpec (PerGroup(axis=0, size=G) or PerChannel(-1), which is one group of K).
     n_grid: shrink steps of ``1 / n_grid``; ``int(max_shrink * n_grid)`` candidates (10: 1.00 .. 0.55).
     max_shrink: the largest shrink fraction (0.5 in the reference).
     n_tokens: subsample target; tokens ``x[::max(T // n_tokens, 1)]`` are used (any T >= 1 works).
     mode: ``"absmax"`` (the reference: symmetric clamp ``[-p * amax, p * amax]``) or ``"minmax"`` (shrink both ends
       of the range ``[p * min(w, 0), p * max(w, 0)]``, which suits asymmetric grids).
+    gram: (K, K) ``E[x x^T]`` of the inputs instead of ``x`` (all tokens, no subsample): the same objective.
 
   Returns:
     `AWQClip` with ``min_val`` / ``max_val`` (K // G, N); apply with ``apply_clip(w, clip.max_val, clip.min_val)``.
@@ -220,11 +252,15 @@ def awq_clip(w, x, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
   if not isinstance(spec, QuantSpec):
     raise TypeError(f"awq_clip: spec must be a jq.QuantSpec, got {type(spec).__name__}.")
   (w,) = _as_kernels(w, "awq_clip")
-  x = check_float_array(x, "x")
-  if x.ndim != 2 or x.shape[1] != w.shape[0]:
-    raise ValueError(f"awq_clip: x has shape {tuple(x.shape)}, expected (T, {w.shape[0]}) for w {tuple(w.shape)}.")
-  if x.shape[0] == 0:
-    raise ValueError("awq_clip: x holds zero calibration tokens; pass at least one (T >= 1).")
+  if (x is None) == (gram is None):
+    raise ValueError("awq_clip: pass the calibration inputs x=(T, K) or their second moment gram=(K, K) (one).")
+  if x is not None:
+    x = check_float_array(x, "x")
+    if x.ndim != 2 or x.shape[1] != w.shape[0]:
+      raise ValueError(f"awq_clip: x has shape {tuple(x.shape)}, expected (T, {w.shape[0]}) for w "
+                       f"{tuple(w.shape)}.")
+    if x.shape[0] == 0:
+      raise ValueError("awq_clip: x holds zero calibration tokens; pass at least one (T >= 1).")
   for name, v, lo in (("n_grid", n_grid, 1), ("n_tokens", n_tokens, 1)):
     if not isinstance(v, int) or isinstance(v, bool) or v < lo:
       raise ValueError(f"awq_clip: {name} must be a positive int, got {v!r}.")
@@ -235,9 +271,12 @@ def awq_clip(w, x, spec: QuantSpec, *, n_grid: int = 20, max_shrink: float = 0.5
   n_steps = max(int(max_shrink * n_grid), 1)
   gsize = _clip_group_size(spec, w.shape[0])
   check_finite(w, "w")
-  check_finite(x, "x")
-  stride = max(x.shape[0] // n_tokens, 1)
-  return _search_clip(w, x, spec=spec, gsize=gsize, n_grid=n_grid, n_steps=n_steps, stride=stride, mode=mode)
+  if x is not None:
+    check_finite(x, "x")
+    blocks = _token_gram_blocks(x, gsize=gsize, stride=max(x.shape[0] // n_tokens, 1))
+  else:
+    blocks = _gram_blocks(_check_gram(gram, w.shape[0], "awq_clip"), gsize=gsize)
+  return _search_clip(w, blocks, spec=spec, gsize=gsize, n_grid=n_grid, n_steps=n_steps, mode=mode)
 
 
 def apply_clip(w, max_val, min_val=None) -> jax.Array:

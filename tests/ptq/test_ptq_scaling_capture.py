@@ -90,11 +90,7 @@ def test_capture_stats_match_float64_reference(rng):
     np.testing.assert_allclose(st.sample(), x, rtol=1e-5, atol=1e-6)
 
 
-def test_sqrt_gram_and_sqnr_match_float64(rng):
-  x = rng.standard_normal((50, 7)) * rng.uniform(0.1, 5, 7)
-  g = x.T @ x
-  r = scaling.sqrt_gram(jnp.asarray(g, jnp.float32), 50.0)
-  np.testing.assert_allclose(r.astype(np.float64).T @ r, g / 50, rtol=1e-4, atol=1e-4 * np.abs(g / 50).max())
+def test_sqnr_matches_float64(rng):
   a = rng.standard_normal((9, 4))
   b = a + 0.01 * rng.standard_normal((9, 4))
   want = 10 * np.log10(np.sum(a ** 2) / np.sum((a - b) ** 2))

@@ -149,3 +149,26 @@ def test_minmax_clip_matches_oracle_and_clamps_both_ends():
   assert jq.ptq.AWQ(SPEC).clip_mode == "minmax"
   sym = jq.QuantSpec(qtype=jq.INT4, granularity=jq.PerGroup(axis=0, size=32))
   assert jq.ptq.AWQ(sym).clip_mode == "absmax" and jq.ptq.AWQ(SPEC, clip_range="absmax").clip_mode == "absmax"
+
+
+def test_gram_objective_equals_token_objective():
+  rng = rng_for("awq-gram")
+  x, w = structured_layer(rng, 64, 48, 300)
+  w2 = rng.standard_normal((64, 16)).astype(np.float32)
+  gram = (x.astype(np.float64).T @ x) / x.shape[0]
+  act = solvers.act_mean_abs(jnp.asarray(x))
+  by_x = solvers.awq_scales([jnp.asarray(w), jnp.asarray(w2)], act, SPEC, x=jnp.asarray(x))
+  by_g = solvers.awq_scales([jnp.asarray(w), jnp.asarray(w2)], act, SPEC, gram=jnp.asarray(gram, jnp.float32))
+  np.testing.assert_allclose(np.asarray(by_g.errors), np.asarray(by_x.errors), rtol=1e-3)
+  assert float(by_g.alpha) == float(by_x.alpha)
+  for mode in ("absmax", "minmax"):
+    cx = solvers.awq_clip(jnp.asarray(w), jnp.asarray(x), SPEC, mode=mode)      # 300 < 512 tokens: no subsample
+    cg = solvers.awq_clip(jnp.asarray(w), None, SPEC, mode=mode, gram=jnp.asarray(gram, jnp.float32))
+    assert np.isclose(np.asarray(cg.max_val), np.asarray(cx.max_val), rtol=1e-5).mean() >= 0.98
+    assert np.isclose(np.asarray(cg.min_val), np.asarray(cx.min_val), rtol=1e-5).mean() >= 0.98
+  with pytest.raises(ValueError, match=r"expected \(64, 64\)"):
+    solvers.awq_clip(jnp.asarray(w), None, SPEC, gram=jnp.eye(32))
+  with pytest.raises(ValueError, match="one"):
+    solvers.awq_clip(jnp.asarray(w), jnp.asarray(x), SPEC, gram=jnp.asarray(gram, jnp.float32))
+  with pytest.raises(ValueError, match="not both"):
+    solvers.awq_scales(jnp.asarray(w), act, SPEC, x=jnp.asarray(x), gram=jnp.asarray(gram, jnp.float32))
