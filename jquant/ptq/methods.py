@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from jquant.core.granularity import PerChannel, PerGroup, PerTensor
+from jquant.core.qtypes import INT8
 from jquant.core.spec import QuantSpec
 from jquant.models.layers import default_matmul
 from jquant.solvers.llm_int8 import llm_int8_matmul
@@ -172,11 +173,28 @@ class SmoothQuant:
       value -> attention output) or the layer's own ``input_scale`` (BERT GELU -> output). The down_proj inputs
       of SwiGLU models carry the largest activation outliers, so ``"all"`` helps there (SmolLM2-135M Hamlet ppl
       43.61 -> 43.12 at alpha 0.5, fp 42.56).
+    gptq: optional `GPTQ` config with the W8A8 weight grid (``SmoothQuant.weight_spec()``: INT8 symmetric per
+      output channel): the smoothed weights are solved with GPTQ instead of rounded (llm-compressor's W8A8
+      recipe); blocks then run sequentially on the quantized model's inputs.
   """
 
   alpha: float = 0.5
   act: str = "per_token"
   smooth: str = "norm"
+  gptq: GPTQ | None = None
+
+  @staticmethod
+  def weight_spec() -> QuantSpec:
+    """The INT8 weight grid the W8A8 matmul runs: symmetric, one scale per output channel."""
+    return QuantSpec(qtype=INT8, granularity=PerChannel(axis=-1), symmetric=True)
+
+  @property
+  def name(self) -> str:
+    return "smoothquant+gptq" if self.gptq is not None else "smoothquant"
+
+  @property
+  def spec(self) -> QuantSpec:
+    return self.weight_spec()
 
   def __post_init__(self):
     if self.smooth not in ("norm", "all"):
@@ -186,8 +204,13 @@ class SmoothQuant:
       raise ValueError(f"SmoothQuant: alpha must be a float in [0, 1], got {self.alpha!r}.")
     if self.act not in ("per_token", "per_tensor"):
       raise ValueError(f"SmoothQuant: act must be 'per_token' or 'per_tensor', got {self.act!r}.")
-
-  name = "smoothquant"
+    if self.gptq is not None:
+      if not isinstance(self.gptq, GPTQ):
+        raise TypeError(f"SmoothQuant: gptq must be a jq.ptq.GPTQ config or None, got {type(self.gptq).__name__}.")
+      if self.gptq.spec != self.weight_spec() or self.gptq.act_order:
+        raise ValueError(f"SmoothQuant: gptq must use the W8A8 weight grid SmoothQuant.weight_spec() (INT8 "
+                         f"symmetric per channel) without act_order (the int8 matmul needs natural-order rows); got "
+                         f"spec {self.gptq.spec}, act_order={self.gptq.act_order}.")
 
   @property
   def matmul(self) -> W8A8Matmul:

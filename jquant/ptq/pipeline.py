@@ -3,8 +3,8 @@
 Flow (all methods): ``embed`` runs once per calibration batch; the pipeline keeps the current block's inputs of
 every batch (memory: one block's activations of the calibration set). Then, per block:
 
-* RTN / GPTQ (and AWQ with ``gptq=``): for each linear sub-group of ``linear_groups()`` in order, the block runs on
-  every batch with the already-quantized earlier groups (dequantized in the working params) while
+* RTN / GPTQ (and AWQ / SmoothQuant with ``gptq=``): for each linear sub-group of ``linear_groups()`` in order,
+  the block runs on every batch with the already-quantized earlier groups (dequantized in the working params) while
   ``nn.intercept_methods`` captures the group's inputs, reduced to a streaming Gram matrix X^T X (GPTQ's Hessian up
   to a scale) plus a small token subsample for the report; each linear is solved and written back. The block's
   outputs are then recomputed with the quantized block and feed the next block (GPTQ's sequential / true-sequential
@@ -141,7 +141,7 @@ def _sqnr(fp_leaves, q_leaves, x, in_div=None, out_div=None, matmul=default_matm
 
 def _solve(method, w, gram, path: str) -> tuple[QArray, float | None, dict]:
   """Quantizes one kernel (K, N) with the weight-only solver of ``method``."""
-  if isinstance(method, M.AWQ):
+  if isinstance(method, (M.AWQ, M.SmoothQuant)):
     method = method.gptq if method.gptq is not None else M.RTN(method.spec)
   if isinstance(method, M.RTN):
     return rtn(w, method.spec), None, {}
@@ -288,13 +288,15 @@ def _fp_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entri
   return fp_outs
 
 
-def _awq_gptq_block(model, i, name, params, work, out, hs, ctxs, groups, keep, method, entries):
-  """AWQ scales + clip on the block's (quantized-model) inputs, then true-sequential GPTQ on the scaled weights."""
+def _scaled_gptq_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries):
+  """AWQ scales + clip (or SmoothQuant migration) on the block's quantized-model inputs, then true-sequential GPTQ
+  on the scaled weights."""
   rel_keep = lambda p: keep(f"{name}/{p}")
   all_paths = [p for g in groups for p in g]
   _, stats = capture_block(model, i, work[name], hs, ctxs, all_paths, block_name=name)
   block = copy_dicts(work[name])
-  _awq_transform(method, scale_plan(model, groups), block, stats, groups, rel_keep)
+  transform = _awq_transform if isinstance(method, M.AWQ) else _smooth_transform
+  transform(method, scale_plan(model, groups), block, stats, groups, rel_keep)
   work[name] = block
   out[name] = copy_dicts(block)
   return _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries)
@@ -367,8 +369,8 @@ def quantize_model(model, params: PyTree, calib_batches: Iterable, method, *, sk
     for i, name in enumerate(names):
       if isinstance(method, (M.RTN, M.GPTQ)):
         hs = _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries)
-      elif isinstance(method, M.AWQ) and method.gptq is not None:
-        hs = _awq_gptq_block(model, i, name, params, work, out, hs, ctxs, groups, keep, method, entries)
+      elif isinstance(method, (M.AWQ, M.SmoothQuant)) and method.gptq is not None:
+        hs = _scaled_gptq_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries)
       else:
         hs = _fp_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entries)
       if bar is not None:

@@ -151,3 +151,30 @@ def test_smoothquant_smooth_all_scales_previous_linear_groups_too(arch, smoothed
 def test_smoothquant_rejects_unknown_smooth():
   with pytest.raises(ValueError, match="smooth must be 'norm'"):
     jq.ptq.SmoothQuant(smooth="everything")
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_smoothquant_with_gptq_beats_rounded_w8a8(arch, rng):
+  model, params, batches = _setup(arch, rng, n=8)
+  test = H.concat(_ARCHS[arch][1](rng, n=2))
+  rounded = jq.ptq.SmoothQuant(smooth="all")
+  solved = jq.ptq.SmoothQuant(smooth="all", gptq=jq.ptq.GPTQ(jq.ptq.SmoothQuant.weight_spec()))
+  qr, _ = jq.ptq.quantize_model(model, params, batches, rounded, progress=False)
+  qs, rep = jq.ptq.quantize_model(model, params, batches, solved, progress=False)
+  leaf = qs[model.block_names()[0]]
+  for part in model.linear_groups()[0][0].split("/"):
+    leaf = leaf[part]
+  assert leaf["kernel"].qtype == jq.INT8 and leaf["kernel"].zero_point is None   # runs on the int8 matmul
+  assert rep.layers[0].method == "smoothquant+gptq" and rep.layers[0].loss is not None
+  err_r = H.rel_err(model, params, qr, test, rounded)
+  err_s = H.rel_err(model, params, qs, test, solved)
+  assert err_s < err_r, (err_s, err_r)
+
+
+def test_smoothquant_gptq_needs_the_w8a8_grid():
+  with pytest.raises(ValueError, match="W8A8 weight grid"):
+    jq.ptq.SmoothQuant(gptq=jq.ptq.GPTQ(H.spec(4)))
+  with pytest.raises(ValueError, match="act_order"):
+    jq.ptq.SmoothQuant(gptq=jq.ptq.GPTQ(jq.ptq.SmoothQuant.weight_spec(), act_order=True))
+  with pytest.raises(TypeError, match="gptq must be"):
+    jq.ptq.SmoothQuant(gptq="gptq")
