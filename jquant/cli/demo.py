@@ -18,17 +18,19 @@ from jquant.cli import common
 NAME = "demo"
 HELP = "quantize a real model with every method and print a quality/size/time table (+ PNG, markdown, JSON)"
 
-# (label, method, bits, act_order)
+# (label, method, bits, act_order, grid): RTN on the plain min/max grid (the EVAL.md baselines); GPTQ with
+# act-order and the MSE-searched group ranges; AWQ with its own scale + clip search; SmoothQuant as
+# `common.build_method` builds it (smooth="all" + GPTQ on the INT8 weights).
 CONFIGS = (
-    ("RTN", "rtn", 8, False),
-    ("SmoothQuant W8A8", "smoothquant", 8, False),
-    ("LLM.int8", "llm_int8", 8, False),
-    ("RTN", "rtn", 4, False),
-    ("GPTQ", "gptq", 4, True),
-    ("AWQ", "awq", 4, False),
-    ("RTN", "rtn", 3, False),
-    ("GPTQ", "gptq", 3, True),
-    ("AWQ", "awq", 3, False),
+    ("RTN", "rtn", 8, False, "minmax"),
+    ("SmoothQuant W8A8 (+GPTQ)", "smoothquant", 8, False, "minmax"),
+    ("LLM.int8", "llm_int8", 8, False, "minmax"),
+    ("RTN", "rtn", 4, False, "minmax"),
+    ("GPTQ (act-order, MSE grid)", "gptq", 4, True, "mse"),
+    ("AWQ", "awq", 4, False, "minmax"),
+    ("RTN", "rtn", 3, False, "minmax"),
+    ("GPTQ (act-order, MSE grid)", "gptq", 3, True, "mse"),
+    ("AWQ", "awq", 3, False, "minmax"),
 )
 
 
@@ -71,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
     ref_emb = jeval.embed_texts(model, params, text)
   rows = [{"method": "fp32 (reference)", "bits": 32, "size_mb": fp_bytes / 2**20,
            **common.evaluate(name, model, params, windows=args.windows, ref_embeddings=ref_emb), "seconds": 0.0}]
-  for label, method_name, bits, act_order in CONFIGS:
+  for label, method_name, bits, act_order, grid in CONFIGS:
     if wanted is not None and method_name not in wanted:
       continue
     g = group if bits < 8 else None
-    method = common.build_method(method_name, bits, g, act_order)
-    common.log(f"{label} w{bits}{f' g{g}' if g else ''}{' act-order' if act_order else ''}: quantizing")
+    method = common.build_method(method_name, bits, g, act_order, grid)
+    common.log(f"{label} w{bits}{f' g{g}' if g else ''}: quantizing")
     t0 = time.perf_counter()
     if method_name == "rtn":   # no calibration needed: quantize every linear kernel directly
       import jquant as jq  # pylint: disable=import-outside-toplevel
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     qmodel = _with_matmul(model, getattr(method, "matmul", None))
     quality = common.evaluate(name, qmodel, qparams, windows=args.windows, ref_embeddings=ref_emb)
-    row = {"method": label + (" (act-order)" if act_order else ""), "bits": bits, "group_size": g,
+    row = {"method": label, "bits": bits, "group_size": g,
            "size_mb": common.params_nbytes(qparams) / 2**20, **quality, "seconds": seconds}
     rows.append(row)
     common.log(f"  -> {_quality_str(row)}, {row['size_mb']:.1f} MB, {seconds:.1f} s")

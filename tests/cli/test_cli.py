@@ -29,6 +29,13 @@ def test_method_and_spec_validation():
   spec = common.weight_spec(4, 64)
   assert spec.qtype.name == "uint4" and not spec.symmetric and spec.granularity.size == 64
   assert common.weight_spec(3, -1).granularity.__class__.__name__ == "PerChannel"
+  assert spec.calibration == common.jq.MinMax() and common.weight_spec(4, 64, "mse").calibration == common.jq.MSE(grid=40,
+                                                                                                       min_ratio=0.6)
+  with pytest.raises(ValueError, match="grid 'l2'"):
+    common.weight_spec(4, 64, "l2")
+  sq = common.build_method("smoothquant", 8, None)
+  assert sq.smooth == "all" and sq.gptq is not None and sq.gptq.spec == sq.weight_spec()
+  assert common.build_method("gptq", 3, 64, True, "mse").spec.calibration is not None
 
 
 @pytest.mark.slow
@@ -49,3 +56,16 @@ def test_quantize_eval_report_minilm(tmp_path):
   r = run("report", str(out), "--samples", "4", "--budget-mb", "60")
   assert r.returncode == 0, r.stderr
   assert "output SQNR" not in r.stderr and "| layer |" in r.stdout and (out / "layers.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_demo_minilm_rtn_writes_table_json_png(tmp_path):
+  r = subprocess.run([sys.executable, "-m", "jquant", "demo", "--model", "minilm", "--methods", "rtn",
+                      "--calib-samples", "8", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                     timeout=1800)
+  assert r.returncode == 0, r.stderr
+  rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+  assert [(x["method"], x["bits"]) for x in rows] == [("fp32 (reference)", 32), ("RTN", 8), ("RTN", 4), ("RTN", 3)]
+  assert abs(rows[2]["mean_cos"] - 0.94283) < 0.005 and rows[1]["size_mb"] < rows[0]["size_mb"]
+  assert "| RTN | 4 | 128 |" in r.stdout and (tmp_path / "quality_vs_size.png").stat().st_size > 0
