@@ -99,6 +99,7 @@ class AWQ:
     clip_range: ``"auto"`` (``"minmax"`` for asymmetric specs, ``"absmax"`` for symmetric ones), ``"absmax"`` (the
       reference's symmetric clamp) or ``"minmax"`` (shrink both ends of the asymmetric range); see
       `jquant.solvers.awq_clip`.
+    duo_scaling: AutoAWQ's scales ``mean|x|^a / w_mean^(1-a)`` instead of the reference's ``mean|x|^a``.
     gptq: optional `GPTQ` config: quantize the scaled/clipped weights with GPTQ instead of RTN (AWQ + GPTQ). Its
       spec must equal ``spec``. Then the blocks are processed sequentially with quantized outputs.
   """
@@ -108,12 +109,15 @@ class AWQ:
   clip: bool = True
   gptq: GPTQ | None = None
   clip_range: str = "auto"
+  duo_scaling: bool = False
 
   def __post_init__(self):
     _check_spec(self.spec, "AWQ")
     _pos_int(self.grid, "grid", "AWQ")
     if not isinstance(self.clip, bool):
       raise TypeError(f"AWQ: clip must be a bool, got {self.clip!r}.")
+    if not isinstance(self.duo_scaling, bool):
+      raise TypeError(f"AWQ: duo_scaling must be a bool, got {self.duo_scaling!r}.")
     if self.clip_range not in ("auto", "absmax", "minmax"):
       raise ValueError(f"AWQ: clip_range must be 'auto', 'absmax' (the reference) or 'minmax', got "
                        f"{self.clip_range!r}.")

@@ -204,7 +204,7 @@ def _awq_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, 
       continue
     st, lv = stats[paths[0]], get_in(block, paths[0])
     res = awq_scales([get_in(block, f"{p}/kernel") for p in paths], _eff_vec(st.mean_abs, lv), spec,
-                     gram=_eff_gram(st, lv) / max(st.count, 1), grid=method.grid)
+                     gram=_eff_gram(st, lv) / max(st.count, 1), grid=method.grid, duo_scaling=method.duo_scaling)
     found.append((target, paths, res.scales))
     for p in paths:
       extra[p] = {"alpha": float(res.alpha)}

@@ -73,8 +73,19 @@ def _as_kernels(w, what: str) -> tuple[jax.Array, ...]:
   return ws
 
 
-def _search_scales(ws, act, x, gram, *, spec, grid, batch_size, inspect_fn):
+def _weight_mean(ws, spec: QuantSpec) -> jax.Array:
+  """(K,) mean over output columns of |w| normalised by its group's absmax (AutoAWQ's duo-scaling statistic)."""
+  wcat = jnp.concatenate([k.astype(jnp.float32) for k in ws], axis=1)
+  kdim = wcat.shape[0]
+  g = spec.granularity.size if isinstance(spec.granularity, PerGroup) else kdim
+  wa = jnp.abs(wcat).reshape(kdim // g, g, wcat.shape[1])
+  wn = wa / (jnp.max(wa, axis=1, keepdims=True) + 1e-6)
+  return jnp.mean(wn.reshape(kdim, -1), axis=1)
+
+
+def _search_scales(ws, act, x, gram, *, spec, grid, batch_size, inspect_fn, duo_scaling=False):
   act = act.astype(jnp.float32)
+  w_mean = _weight_mean(ws, spec) if duo_scaling else None
   ratios = jnp.arange(grid, dtype=jnp.float32) / grid
 
   def outputs(kernels):
@@ -87,7 +98,10 @@ def _search_scales(ws, act, x, gram, *, spec, grid, batch_size, inspect_fn):
   nout = sum(k.shape[1] for k in ws)
 
   def scales_for(alpha):
-    s = jnp.maximum(act ** alpha, 1e-4)
+    if duo_scaling:
+      s = jnp.maximum(act ** alpha / (w_mean ** (1.0 - alpha) + 1e-4), 1e-4)
+    else:
+      s = jnp.maximum(act ** alpha, 1e-4)
     return s / jnp.sqrt(jnp.max(s) * jnp.min(s))
 
   def err_for(alpha):
@@ -107,11 +121,13 @@ def _search_scales(ws, act, x, gram, *, spec, grid, batch_size, inspect_fn):
   return AWQScales(scales=scales_for(ratios[best]), alpha=ratios[best], errors=errs)
 
 
-_search_scales_jit = jax.jit(_search_scales, static_argnames=("spec", "grid", "batch_size", "inspect_fn"))
+_search_scales_jit = jax.jit(_search_scales,
+                             static_argnames=("spec", "grid", "batch_size", "inspect_fn", "duo_scaling"))
 
 
 def awq_scales(w, act_mean_abs, spec: QuantSpec, *, x=None, gram=None, grid: int = 20,
-               batch_size: int | None = None, inspect_fn: Callable | None = None) -> AWQScales:
+               batch_size: int | None = None, inspect_fn: Callable | None = None,
+               duo_scaling: bool = False) -> AWQScales:
   """Searches AWQ's per-input-channel scales for the kernels that share one input.
 
   Args:
@@ -127,6 +143,8 @@ def awq_scales(w, act_mean_abs, spec: QuantSpec, *, x=None, gram=None, grid: int
       bounds memory to one fake-quantized copy of the kernels.
     inspect_fn: optional ``fn(kernels: list, x) -> output`` standing in for the reference's ``module2inspect`` (a
       whole attention or MLP block); hashable (a module-level function), since it is a static jit argument.
+    duo_scaling: AutoAWQ's variant ``s = mean|x|^alpha / (w_mean^(1 - alpha) + 1e-4)``, with ``w_mean`` the mean
+      over output columns of ``|w|`` divided by its group's absmax (the llm-awq reference uses ``mean|x|^alpha``).
 
   Returns:
     `AWQScales` (scales, alpha, errors). Apply with `scale_weight_rows` on every kernel and fold ``1 / s`` into the
@@ -165,7 +183,8 @@ def awq_scales(w, act_mean_abs, spec: QuantSpec, *, x=None, gram=None, grid: int
       raise ValueError("awq_scales: x holds zero calibration tokens; pass at least one (T >= 1).")
     check_finite(x, "x")
     x = x.astype(jnp.float32)
-  return _search_scales_jit(ws, act, x, gram, spec=spec, grid=grid, batch_size=batch_size, inspect_fn=inspect_fn)
+  return _search_scales_jit(ws, act, x, gram, spec=spec, grid=grid, batch_size=batch_size, inspect_fn=inspect_fn,
+                            duo_scaling=bool(duo_scaling))
 
 
 def _check_gram(gram, k: int, what: str) -> jax.Array:

@@ -1,4 +1,4 @@
-"""End to end on the real models (EVAL.md): MiniLM w4 g128 GPTQ/AWQ beat RTN on Hamlet; SmolLM2 w4 g64 GPTQ ppl."""
+"""End to end on the real models (EVAL.md): MiniLM w4 g128 GPTQ/AWQ beat RTN on Hamlet; SmolLM2 w4 g64 GPTQ ppl <= 48."""
 
 import numpy as np
 import pytest
@@ -50,17 +50,19 @@ def test_minilm_w4_g128_gptq_and_awq_beat_rtn(minilm_setup):
   assert cos["awq"] > cos["rtn"], cos
 
 
-def test_smollm2_w4_g64_gptq_act_order_perplexity():
-  """~20 min on a loaded 2-core CPU (measured 1279 s + 50 s eval: ppl 48.75; EVAL.md: RTN 53.37, GPTQ-ao 48.62)."""
+def test_smollm2_w4_g64_gptq_act_order_mse_grid_perplexity():
+  """The issue's goal (ppl <= 48; RTN 53.37, reference GPTQ act-order 48.62): act-order + MSE-searched group ranges on
+  16 calibration windows, as `make demo` runs it (measured 47.12; min/max grid 48.67). ~6 min on a loaded 2-core CPU."""
   from jquant.models import load_smollm2  # pylint: disable=import-outside-toplevel
   try:
     model, params = load_smollm2()
-    windows = E.lm_calibration_windows(model, 32, 512, seed=0)
+    windows = E.lm_calibration_windows(model, 16, 512, seed=0)
   except assets.AssetError as e:
     pytest.skip(f"real-model asset unavailable (run `python -m jquant fetch-assets`): {e}")
-  spec = jq.QuantSpec(qtype=jq.UINT4, granularity=jq.PerGroup(axis=0, size=64), symmetric=False)
+  spec = jq.QuantSpec(qtype=jq.UINT4, granularity=jq.PerGroup(axis=0, size=64), symmetric=False,
+                      calibration=jq.MSE(grid=40, min_ratio=0.6))
   batches = [windows[i:i + 4] for i in range(0, len(windows), 4)]
   qparams, report = jq.ptq.quantize_model(model, params, batches, jq.ptq.GPTQ(spec, act_order=True), progress=False)
   assert len(report.layers) == 30 * 7
   ppl = E.perplexity(model, qparams).ppl
-  assert ppl < 50.5, ppl
+  assert ppl <= 48.0, ppl

@@ -133,14 +133,28 @@ def fake_quant_groups(w, g, qmin, qmax, symmetric, grid_dtype=np.float64):
   return out
 
 
-def awq_scale_oracle(ws, act, x, *, g, qmin, qmax, symmetric, n_grid=20):
-  """auto_scale: exhaustive alpha loop, float64; returns (best alpha, errors)."""
+def awq_duo_weight_mean(ws, g):
+  """AutoAWQ's w_mean: per input row, the mean over all output columns of |w| / (its group's absmax + 1e-6)."""
+  w = np.abs(np.concatenate(ws, axis=1).astype(np.float64))
+  out = np.zeros(w.shape[0])
+  for j in range(0, w.shape[0], g):
+    blk = w[j:j + g]
+    out[j:j + g] = (blk / (blk.max(axis=0, keepdims=True) + 1e-6)).mean(axis=1)
+  return out
+
+
+def awq_scale_oracle(ws, act, x, *, g, qmin, qmax, symmetric, n_grid=20, duo=False):
+  """auto_scale: exhaustive alpha loop, float64; returns (best alpha, errors). ``duo``: AutoAWQ's duo scaling."""
   x = x.astype(np.float64)
   ref = np.concatenate([x @ w for w in ws], axis=1)
+  w_mean = awq_duo_weight_mean(ws, g) if duo else None
   errs = []
   for i in range(n_grid):
     ratio = i / n_grid
-    s = np.maximum(act.astype(np.float64) ** ratio, 1e-4)
+    if duo:
+      s = np.maximum(act.astype(np.float64) ** ratio / (w_mean ** (1 - ratio) + 1e-4), 1e-4)
+    else:
+      s = np.maximum(act.astype(np.float64) ** ratio, 1e-4)
     s = s / np.sqrt(s.max() * s.min())
     out = np.concatenate([x @ (fake_quant_groups(w * s[:, None], g, qmin, qmax, symmetric) / s[:, None])
                           for w in ws], axis=1)

@@ -7,7 +7,7 @@ import pytest
 import jquant as jq
 from jquant import solvers
 
-from .oracles import awq_clip_oracle, awq_scale_oracle, rng_for, structured_layer
+from .oracles import awq_clip_oracle, awq_duo_weight_mean, awq_scale_oracle, rng_for, structured_layer
 
 SPEC = jq.QuantSpec(qtype=jq.UINT4, granularity=jq.PerGroup(axis=0, size=32), symmetric=False)
 
@@ -172,3 +172,22 @@ def test_gram_objective_equals_token_objective():
     solvers.awq_clip(jnp.asarray(w), jnp.asarray(x), SPEC, gram=jnp.asarray(gram, jnp.float32))
   with pytest.raises(ValueError, match="not both"):
     solvers.awq_scales(jnp.asarray(w), act, SPEC, x=jnp.asarray(x), gram=jnp.asarray(gram, jnp.float32))
+
+
+def test_duo_scaling_matches_oracle():
+  rng = rng_for("awq-duo")
+  x, w1 = structured_layer(rng, 128, 24, 256, outliers=6, outlier_scale=10.0)
+  w1 = w1 * rng.uniform(0.2, 3.0, (128, 1)).astype(np.float32)      # row magnitudes vary: w_mean matters
+  act = np.mean(np.abs(x), axis=0)
+  res = solvers.awq_scales(jnp.asarray(w1), jnp.asarray(act), SPEC, x=jnp.asarray(x), duo_scaling=True)
+  alpha, errs = awq_scale_oracle([w1], act, x, g=32, qmin=0, qmax=15, symmetric=False, duo=True)
+  np.testing.assert_allclose(np.asarray(res.errors), errs, rtol=2e-3)
+  if np.sort(errs)[1] - np.sort(errs)[0] > 1e-3 * np.sort(errs)[0]:
+    assert float(res.alpha) == pytest.approx(alpha)
+  a = float(res.alpha)
+  s_ref = np.maximum(act.astype(np.float64) ** a / (awq_duo_weight_mean([w1], 32) ** (1 - a) + 1e-4), 1e-4)
+  np.testing.assert_allclose(np.asarray(res.scales), s_ref / np.sqrt(s_ref.max() * s_ref.min()), rtol=1e-4)
+  plain = solvers.awq_scales(jnp.asarray(w1), jnp.asarray(act), SPEC, x=jnp.asarray(x))
+  assert not np.allclose(np.asarray(plain.errors[1:]), np.asarray(res.errors[1:]))
+  with pytest.raises(TypeError, match="duo_scaling must be a bool"):
+    jq.ptq.AWQ(SPEC, duo_scaling="yes")
