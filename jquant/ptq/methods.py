@@ -15,11 +15,10 @@ import jax
 import numpy as np
 
 from jquant.core.granularity import PerChannel, PerGroup, PerTensor
-from jquant.core.qtypes import INT8
 from jquant.core.spec import QuantSpec
 from jquant.models.layers import default_matmul
 from jquant.solvers.llm_int8 import llm_int8_matmul
-from jquant.solvers.smoothquant import w8a8_matmul
+from jquant.solvers.smoothquant import w8a8_matmul, w8a8_weight_spec
 
 __all__ = ["AWQ", "GPTQ", "LLMInt8", "METHODS", "RTN", "SmoothQuant", "LLMInt8Matmul", "W8A8Matmul"]
 
@@ -190,7 +189,7 @@ class SmoothQuant:
   @staticmethod
   def weight_spec() -> QuantSpec:
     """The INT8 weight grid the W8A8 matmul runs: symmetric, one scale per output channel."""
-    return QuantSpec(qtype=INT8, granularity=PerChannel(axis=-1), symmetric=True)
+    return w8a8_weight_spec(per_channel=True)
 
   @property
   def name(self) -> str:

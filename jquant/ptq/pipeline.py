@@ -198,18 +198,19 @@ def _awq_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, 
   spec = method.spec
   found = []
   extra: dict[str, dict] = {}
+  # E[x x^T] of each matmul input, taken before any input_scale changes below
+  moments = {p: _eff_gram(stats[p], get_in(block, p)) / max(stats[p].count, 1) for g in groups for p in g}
   for g, paths in enumerate(groups):
     target = plan.targets[g] if g < len(plan.targets) else None
     if target is None or target.kind == "none" or not any(keep_rel(p) for p in paths):
       continue
-    st, lv = stats[paths[0]], get_in(block, paths[0])
-    res = awq_scales([get_in(block, f"{p}/kernel") for p in paths], _eff_vec(st.mean_abs, lv), spec,
-                     gram=_eff_gram(st, lv) / max(st.count, 1), grid=method.grid, duo_scaling=method.duo_scaling)
+    act = _eff_vec(stats[paths[0]].mean_abs, get_in(block, paths[0]))
+    res = awq_scales([get_in(block, f"{p}/kernel") for p in paths], act, spec, gram=moments[paths[0]],
+                     grid=method.grid, duo_scaling=method.duo_scaling)
     found.append((target, paths, res.scales))
     for p in paths:
       extra[p] = {"alpha": float(res.alpha)}
   in_div, out_div, scaled = {}, {}, {}
-  grams = {p: _eff_gram(stats[p], get_in(block, p)) for g in groups for p in g}   # before any input_scale change
   for target, paths, s in found:     # all scales were searched on the unscaled weights, as in the reference
     info = apply_group_scales(block, target, paths, s)
     in_div.update(info["in_div"])
@@ -220,7 +221,7 @@ def _awq_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, 
       for p in paths:
         if not keep_rel(p) or p in plan.no_clip:
           continue
-        gram = grams[p] / max(stats[p].count, 1)
+        gram = moments[p]
         if p in scaled:        # the scaled kernel reads x / s
           gram = gram / (scaled[p][:, None] * scaled[p][None, :])
         lin = get_in(block, p)
@@ -231,8 +232,8 @@ def _awq_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, 
 
 
 def _smooth_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, dict, dict]:
-  """SmoothQuant migration scales (float-model act max, current weights), folded in place; (in_div, out_div, extra)
-  as `_awq_transform`."""
+  """SmoothQuant migration scales (act max of the captured inputs, current weights), folded in place; returns
+  (in_div, out_div, extra) as `_awq_transform`."""
   in_div, out_div, extra = {}, {}, {}
   for g, paths in enumerate(groups):
     target = plan.targets[g] if g < len(plan.targets) else None
@@ -251,6 +252,15 @@ def _smooth_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dic
   return in_div, out_div, extra
 
 
+def _scale_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, dict, dict]:
+  """The per-input-channel scaling of ``method`` (AWQ search + clip, SmoothQuant migration; none for LLM.int8)."""
+  if isinstance(method, M.AWQ):
+    return _awq_transform(method, plan, block, stats, groups, keep_rel)
+  if isinstance(method, M.SmoothQuant):
+    return _smooth_transform(method, plan, block, stats, groups, keep_rel)
+  return {}, {}, {}
+
+
 def _fp_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entries):
   """AWQ / SmoothQuant / LLM.int8: statistics from the float block; returns its float outputs."""
   rel_keep = lambda p: keep(f"{name}/{p}")
@@ -259,11 +269,7 @@ def _fp_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entri
   plan = scale_plan(model, groups)
   t0 = time.perf_counter()
   block = copy_dicts(params[name])
-  in_div, out_div, extra = {}, {}, {}
-  if isinstance(method, M.AWQ):
-    in_div, out_div, extra = _awq_transform(method, plan, block, stats, groups, rel_keep)
-  elif isinstance(method, M.SmoothQuant):
-    in_div, out_div, extra = _smooth_transform(method, plan, block, stats, groups, rel_keep)
+  in_div, out_div, extra = _scale_transform(method, plan, block, stats, groups, rel_keep)
   shared = (time.perf_counter() - t0) / max(len(all_paths), 1)
   bits = M.method_bits(method)
   matmul = getattr(method, "matmul", default_matmul)
@@ -295,8 +301,7 @@ def _scaled_gptq_block(model, i, name, work, out, hs, ctxs, groups, keep, method
   all_paths = [p for g in groups for p in g]
   _, stats = capture_block(model, i, work[name], hs, ctxs, all_paths, block_name=name)
   block = copy_dicts(work[name])
-  transform = _awq_transform if isinstance(method, M.AWQ) else _smooth_transform
-  transform(method, scale_plan(model, groups), block, stats, groups, rel_keep)
+  _scale_transform(method, scale_plan(model, groups), block, stats, groups, rel_keep)
   work[name] = block
   out[name] = copy_dicts(block)
   return _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries)

@@ -9,13 +9,14 @@ from jquant.solvers.gptq import GPTQInfo, gptq, gptq_solve
 from jquant.solvers.hessian import HessianState, hessian_finalize, hessian_init, hessian_update
 from jquant.solvers.llm_int8 import llm_int8, llm_int8_matmul, llm_int8_prepare
 from jquant.solvers.rtn import rtn
-from jquant.solvers.smoothquant import smoothquant_scales, w8a8_matmul, w8a8_quantize_weight, weight_absmax
+from jquant.solvers.smoothquant import (smoothquant_scales, w8a8_matmul, w8a8_quantize_weight, w8a8_weight_spec,
+                                        weight_absmax)
 from jquant.solvers.zeroquant import zeroquant_matmul, zeroquant_quantize_weight, zeroquant_spec
 
 __all__ = [
     "AWQClip", "AWQScales", "GPTQInfo", "HessianState", "act_mean_abs", "apply_clip", "awq_clip", "awq_scales",
     "fake_quant", "fold_scales_into_norm", "fold_scales_into_prev_linear", "gptq", "gptq_solve", "hessian_finalize",
     "hessian_init", "hessian_update", "llm_int8", "llm_int8_matmul", "llm_int8_prepare", "rtn", "scale_weight_rows",
-    "smoothquant_scales", "w8a8_matmul", "w8a8_quantize_weight", "weight_absmax", "zeroquant_matmul",
+    "smoothquant_scales", "w8a8_matmul", "w8a8_quantize_weight", "w8a8_weight_spec", "weight_absmax", "zeroquant_matmul",
     "zeroquant_quantize_weight", "zeroquant_spec",
 ]

@@ -73,13 +73,17 @@ def _scales(a, w, alpha):
   return jnp.maximum(a ** alpha / w ** (1.0 - alpha), 1e-5)
 
 
+def w8a8_weight_spec(per_channel: bool = True) -> QuantSpec:
+  """The INT8 weight grid `w8a8_matmul` runs: symmetric absmax, one scale per output column (or per tensor)."""
+  return QuantSpec(qtype=INT8, granularity=PerChannel(axis=-1) if per_channel else PerTensor(), symmetric=True)
+
+
 def w8a8_quantize_weight(w, *, per_channel: bool = True) -> QArray:
   """INT8 symmetric absmax weights: one scale per output column (``per_channel``) or one per tensor."""
   w = check_float_array(w, "w")
   if w.ndim != 2:
     raise ValueError(f"w8a8_quantize_weight: w must be a kernel (K, N), got shape {tuple(w.shape)}.")
-  gran = PerChannel(axis=-1) if per_channel else PerTensor()
-  return quantize(w, QuantSpec(qtype=INT8, granularity=gran, symmetric=True))
+  return quantize(w, w8a8_weight_spec(per_channel))
 
 
 def quantize_activations_int8(x: jax.Array, act: str, act_scale=None):

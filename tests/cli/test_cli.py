@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import jquant as jq
 from jquant.cli import common, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,8 +30,8 @@ def test_method_and_spec_validation():
   spec = common.weight_spec(4, 64)
   assert spec.qtype.name == "uint4" and not spec.symmetric and spec.granularity.size == 64
   assert common.weight_spec(3, -1).granularity.__class__.__name__ == "PerChannel"
-  assert spec.calibration == common.jq.MinMax() and common.weight_spec(4, 64, "mse").calibration == common.jq.MSE(grid=40,
-                                                                                                       min_ratio=0.6)
+  assert spec.calibration == jq.MinMax()
+  assert common.weight_spec(4, 64, "mse").calibration == jq.MSE(grid=40, min_ratio=0.6)
   with pytest.raises(ValueError, match="grid 'l2'"):
     common.weight_spec(4, 64, "l2")
   sq = common.build_method("smoothquant", 8, None)
