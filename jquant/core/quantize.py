@@ -21,6 +21,8 @@ from jquant.core.qarray import QArray
 from jquant.core.qtypes import QType
 from jquant.core.spec import QuantSpec
 
+_F32_TINY = float(np.finfo(np.float32).tiny)
+
 
 def check_float_array(x, what: str = "x") -> jax.Array:
   """Returns ``x`` as a jax array; TypeError for non-floating input."""
@@ -186,6 +188,13 @@ def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check
     if tuple(scale.shape) != expected:
       raise ValueError(f"quantize: scale has shape {tuple(scale.shape)}, expected {expected} for "
                        f"{spec.granularity} on x{tuple(x.shape)}.")
+    if not isinstance(scale, jax.core.Tracer):
+      bad = ~(np.isfinite(np.asarray(scale, np.float64)) & (np.asarray(scale, np.float64) >= _F32_TINY))
+      if bad.any():
+        raise ValueError(f"quantize: {int(bad.sum())} scale entries are non-finite, <= 0 or below float32's "
+                         f"smallest normal {_F32_TINY:.3g} (flushed to 0 on CPU/GPU, giving NaN); e.g. "
+                         f"{float(np.asarray(scale, np.float64)[bad].reshape(-1)[0])!r}. Clamp scales to >= "
+                         f"{_F32_TINY:.3g} (all-zero tiles: use scale 1).")
     if spec.symmetric and zero_point is not None:
       raise ValueError("quantize: a symmetric spec takes no zero_point; pass zero_point=None or symmetric=False.")
     if not spec.symmetric and zero_point is None:

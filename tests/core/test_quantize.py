@@ -161,3 +161,13 @@ def test_integer_codes_saturate_at_the_qtype_range(qt, rng):
   want = np.clip(np.round(x.astype(np.float64) / 0.01) + z, qt.qmin, qt.qmax)
   np.testing.assert_array_equal(codes, want)
   assert codes.min() == qt.qmin and codes.max() == qt.qmax
+
+
+def test_static_scale_must_be_finite_and_normal(rng):
+  x = jnp.asarray(rng.standard_normal((4, 8)), jnp.float32)
+  spec = jq.QuantSpec(qtype=jq.INT8, granularity=jq.PerTensor())
+  for bad in (0.0, -1.0, np.inf, np.nan, 1e-40):
+    with pytest.raises(ValueError, match="scale entries"):
+      jq.quantize(x, spec, scale=np.full((1, 1), bad, np.float32))
+  ok = jq.quantize(x, spec, scale=np.full((1, 1), 0.05, np.float32))
+  assert np.all(np.isfinite(np.asarray(jq.dequantize(ok))))
