@@ -160,13 +160,20 @@ HEAVY_INT4 = [jq.Percentile(99.9), jq.MSE(), jq.KL()]
 
 @pytest.mark.parametrize("method", HEAVY_INT4, ids=repr)
 def test_heavy_tails_int4_clipping_beats_absmax(rng, method):
-  """Student-t(3), int4 per-tensor: each clipping method beats AbsMax, dynamic and streamed (4 batches)."""
-  xs = _heavy(rng, 3.0, 4, (256, 16))
-  absmax = _mse_with(xs, jq.QuantSpec(qtype=jq.INT4, granularity=jq.PerTensor()))
+  """Student-t(3), int4 per-tensor: each clipping method beats AbsMax, dynamic and streamed (4 batches).
+
+  Errors are summed over three independent draws: the gain of one draw depends on how extreme its largest sample
+  is (one draw in a few hundred had a max so mild that the MSE optimum was only 1.5% below AbsMax)."""
   spec = jq.QuantSpec(qtype=jq.INT4, granularity=jq.PerTensor(), calibration=method)
-  assert _mse_with(xs, spec) < 0.8 * absmax
-  obs = cal.observer(spec)
-  assert _mse_with(xs, spec, *obs.finalize(_run(obs, xs))) < 0.8 * absmax
+  absmax = dynamic = streamed = 0.0
+  for _ in range(3):
+    xs = _heavy(rng, 3.0, 4, (256, 16))
+    absmax += _mse_with(xs, jq.QuantSpec(qtype=jq.INT4, granularity=jq.PerTensor()))
+    dynamic += _mse_with(xs, spec)
+    obs = cal.observer(spec)
+    streamed += _mse_with(xs, spec, *obs.finalize(_run(obs, xs)))
+  assert dynamic < 0.8 * absmax
+  assert streamed < 0.8 * absmax
 
 
 def test_heavy_tails_int8_mse_beats_absmax(rng):
