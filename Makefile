@@ -9,7 +9,7 @@ PYTEST_WORKERS ?= 2
 PYTHON312 ?= $(shell for c in "$$(command -v python3.12)" "$$(PYENV_VERSION=3.12.1 pyenv which python3.12 2>/dev/null)" /root/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do \
   [ -n "$$c" ] && [ -x "$$c" ] && "$$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && { echo "$$c"; break; }; done)
 
-.PHONY: venv assets test test-slow test-all lint demo bench clean
+.PHONY: venv assets test test-slow test-gpu test-all fuzz lint demo bench clean
 
 $(VENV)/.stamp: pyproject.toml Makefile
 	@if [ -z "$(PYTHON312)" ]; then echo "error: no Python 3.12 found. Install it (e.g. 'pyenv install 3.12') or pass PYTHON312=/path/to/python3.12." >&2; exit 2; fi
@@ -33,7 +33,20 @@ test: venv assets lint
 test-slow: venv assets
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "slow and not gpu"
 
+# GPU tests (Pallas kernels on the device, qdot dispatch): run on a machine whose jax backend is a GPU.
+test-gpu: venv
+	@if [ "$$($(PY) -c 'import jax; print(jax.default_backend())')" != gpu ]; then \
+	  echo "error: make test-gpu needs a GPU jax backend (jax.default_backend() is not 'gpu'); install the CUDA build (pip install -e '.[cuda]') on a GPU machine." >&2; exit 2; fi
+	$(PY) -m pytest -q -m gpu tests
+
 test-all: test test-slow
+
+# Randomized tests (rng/key fixtures, hypothesis) over fresh seeds: FUZZ_RUNS runs, each with a new seed base.
+# A failure prints the seed and the command that reproduces it.
+FUZZ_RUNS ?= 20
+fuzz: venv assets
+	@for i in $$(seq 1 $(FUZZ_RUNS)); do echo "== fuzz run $$i/$(FUZZ_RUNS)"; \
+	  JQUANT_TEST_SEED=random $(PY) -m pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider -m "randomized and not slow and not gpu" || exit 1; done
 
 demo: venv assets
 	$(PY) -m jquant demo
