@@ -138,12 +138,12 @@ def quantize_params(params: PyTree, cfg: QuantConfig, *, return_report: bool = F
       raise type(e)(f"quantize_params: rule {idx} ({rule.pattern!r}) matched {p!r} of shape {shape}: {e}") from e
     qa, ok = _quantize_leaf(leaf, spec)        # dispatched asynchronously; finiteness checked below
     if ok is not None:
-      pending.append((ok, leaf, p))
+      pending.append((ok, leaf, p, spec))
     detail = _spec_summary(spec) + (f" batch_axes={batch}" if batch else "")
     entries.append(LeafEntry(status="quantized", rule=idx, detail=detail, **{**base, "bytes_after": qa.nbytes}))
     out.append(qa)
-  for ok, leaf, p in pending:
-    raise_if_not_finite(ok, leaf, what=f"parameter {p!r}")
+  for ok, leaf, p, spec in pending:
+    raise_if_not_finite(ok, leaf, what=f"parameter {p!r}", spec=spec)
   unused_rules = tuple(r.pattern for i, r in enumerate(cfg.rules) if i not in used_rules)
   unused_skips = tuple(s for s in cfg.skip if s not in used_skips)
   report = QuantReport(tuple(entries), unused_rules, unused_skips)

@@ -60,22 +60,26 @@ def compute_qparams(x: jax.Array, spec: QuantSpec):
 
 
 def _qparams_and_flag(x: jax.Array, spec: QuantSpec):
-  """(scale, zero_point, all_finite(x)). For max-based ranges the flag comes from the reduced range (NaN and inf
-  propagate through max/min), so it costs no extra pass over ``x``."""
+  """(scale, zero_point, ok): ``ok`` is True iff every tile got a usable scale (finite input, a range float32 and
+  ``spec.scale_dtype`` can hold). A tile without one gets a NaN scale, so under jit a NaN/inf input or an
+  unrepresentable range shows up as NaN in `dequantize` instead of a finite wrong value. For max-based ranges
+  NaN/inf propagate through the range reduction, so this costs no extra pass over ``x`` (a `where` on the scale)."""
   qt = spec.qtype
   block = spec.granularity.block_shape(x.shape)
   xf = x.astype(jnp.float32)
   lo, hi = ranges.range_of(xf, block, qt, spec.symmetric, spec.calibration)
   if isinstance(spec.calibration, (cm.AbsMax, cm.MinMax, cm.EMA)):
-    flag = jnp.all(jnp.isfinite(lo)) & jnp.all(jnp.isfinite(hi))   # range_of maps NaN to +-inf: no extra pass
-  else:
-    flag = jnp.all(jnp.isfinite(x))
+    tile_ok = jnp.isfinite(lo) & jnp.isfinite(hi)   # range_of maps NaN to +-inf: no extra pass
+  else:   # search methods may drop NaN: one more reduction (they make many passes anyway)
+    tile_ok = jnp.isfinite(ranges.range_of(xf, block, qt, True, cm.AbsMax())[1])
   scale, zp = ranges.scale_from_range(lo, hi, qt, spec.symmetric)
   if spec.scale_dtype != "float32":
     scale = scale.astype(spec.scale_jnp_dtype).astype(jnp.float32)
     if zp is not None:
       zp = jnp.clip(jnp.round(qt.qmin - jnp.minimum(lo, 0.0) / scale), qt.qmin, qt.qmax)
-  return scale, zp, flag
+  tile_ok = tile_ok & ranges.usable_scale(scale)
+  scale = jnp.where(tile_ok, scale, jnp.nan)
+  return scale, zp, jnp.all(tile_ok)
 
 
 def _needs_clip(qtype: QType) -> bool:
@@ -133,7 +137,12 @@ def _quantize_jit(x, scale, zero_point, key, *, spec: QuantSpec, with_finite_fla
   else:
     scale = scale.astype(spec.scale_jnp_dtype).astype(jnp.float32)
     zero_point = None if zero_point is None else jnp.round(zero_point.astype(jnp.float32))
-    flag = jnp.all(jnp.isfinite(x))
+    # A NaN/inf element makes its tile's scale NaN (one reduction, replacing a separate all(isfinite(x))), so a
+    # non-finite input reaches dequantize under jit; an unusable traced scale is NaN too.
+    tile_ok = jnp.isfinite(ranges.range_of(x.astype(jnp.float32), block, spec.qtype, True, cm.AbsMax())[1])
+    tile_ok = tile_ok & ranges.usable_scale(scale)
+    scale = jnp.where(tile_ok, scale, jnp.nan)
+    flag = jnp.all(tile_ok)
   q = quantize_with_params(x, scale, zero_point, spec.qtype, block, key=key, stochastic=spec.stochastic_rounding)
   zp = None if zero_point is None else zero_point.astype(spec.qtype.storage_dtype)
   stored = double_quantize(scale, spec.double_quant_block) if spec.double_quant else scale.astype(spec.scale_jnp_dtype)
@@ -149,10 +158,49 @@ def quantize_checked(x, spec: QuantSpec, *, what: str = "x"):
   return _quantize_jit(x, None, None, None, spec=spec, with_finite_flag=True)
 
 
-def raise_if_not_finite(flag, x, what: str = "x") -> None:
-  if not bool(flag):
-    check_finite(x, what)
-    raise ValueError(f"{what}: quantization produced non-finite scales; check the values of {what}.")
+def raise_if_not_finite(flag, x, what: str = "x", spec: QuantSpec | None = None) -> None:
+  """Raises ValueError (naming the tile and the cause) when `quantize_checked`'s flag is False."""
+  if bool(flag):
+    return
+  check_finite(x, what)   # NaN/inf values: that message names them
+  if spec is not None:
+    raise ValueError(_unusable_scale_message(x, spec, what))
+  raise ValueError(f"{what}: quantization produced unusable (non-finite or out-of-range) scales; check the range "
+                   f"of {what}.")
+
+
+def _unusable_scale_message(x, spec: QuantSpec, what: str) -> str:
+  """Explains (in float64, eagerly: the error path only) why a tile of finite ``x`` has no usable scale."""
+  qt = spec.qtype
+  block = spec.granularity.block_shape(x.shape)
+  lo, hi = ranges.range_of(jnp.asarray(x, jnp.float32), block, qt, spec.symmetric, spec.calibration)
+  lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+  if spec.symmetric:
+    raw = np.abs(hi) / (1.0 if qt.is_lut else qt.qmax)
+  else:
+    with np.errstate(over="ignore"):   # the float32 width is what quantize computes; it may overflow
+      width = np.maximum(hi, 0.0).astype(np.float32) - np.minimum(lo, 0.0).astype(np.float32)
+    raw = width.astype(np.float64) / (qt.qmax - qt.qmin)
+  sd = spec.scale_dtype
+  info = np.finfo(np.dtype(spec.scale_jnp_dtype)) if sd != "float32" else np.finfo(np.float32)
+  smallest = float(info.smallest_subnormal) if sd != "float32" else 0.0
+  bad = ~np.isfinite(raw) | (raw > min(float(info.max), ranges.MAX_SCALE)) | ((raw > 0) & (raw < smallest) if sd != "float32" else False)
+  idx = tuple(int(i) for i in np.argwhere(bad)[0]) if bad.any() else None
+  where_ = f"tile {idx} (of scale shape {tuple(raw.shape)})" if idx is not None else "a tile"
+  r = float(raw[idx]) if idx is not None else float("nan")
+  rng = f"[{float(lo[idx]):.4g}, {float(hi[idx]):.4g}]" if idx is not None else "?"
+  if not np.isfinite(r) or r > float(np.finfo(np.float32).max):
+    cause = (f"its range {rng} spans more than float32 can hold (the width overflows to inf), so no {qt.name} "
+             "scale exists")
+  elif r > ranges.MAX_SCALE:
+    cause = (f"its scale {r:.4g} exceeds {ranges.MAX_SCALE:.4g}: the reciprocal is subnormal and flushed to 0 on "
+             "CPU/GPU, so every value would quantize to 0")
+  else:
+    cause = (f"its scale {r:.4g} does not fit scale_dtype={sd!r} (finite range [{smallest:.3g}, {float(info.max):.4g}])"
+             f": it would {'overflow to inf' if r > float(info.max) else 'underflow to 0'}")
+  return (f"{what} of shape {tuple(x.shape)} cannot be quantized with {qt.name} {spec.granularity}: {where_}: "
+          f"{cause}. Fix: rescale the values (divide by a power of two and fold it into the next op), use "
+          f"scale_dtype='float32', or a finer granularity.")
 
 
 def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check_finite_values: bool = True) -> QArray:
@@ -189,12 +237,20 @@ def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check
       raise ValueError(f"quantize: scale has shape {tuple(scale.shape)}, expected {expected} for "
                        f"{spec.granularity} on x{tuple(x.shape)}.")
     if not isinstance(scale, jax.core.Tracer):
-      bad = ~(np.isfinite(np.asarray(scale, np.float64)) & (np.asarray(scale, np.float64) >= _F32_TINY))
+      s64 = np.asarray(scale, np.float64)
+      bad = ~(np.isfinite(s64) & (s64 >= _F32_TINY))
       if bad.any():
         raise ValueError(f"quantize: {int(bad.sum())} scale entries are non-finite, <= 0 or below float32's "
                          f"smallest normal {_F32_TINY:.3g} (flushed to 0 on CPU/GPU, giving NaN); e.g. "
-                         f"{float(np.asarray(scale, np.float64)[bad].reshape(-1)[0])!r}. Clamp scales to >= "
+                         f"{float(s64[bad].reshape(-1)[0])!r}. Clamp scales to >= "
                          f"{_F32_TINY:.3g} (all-zero tiles: use scale 1).")
+      stored = np.asarray(jnp.asarray(scale).astype(spec.scale_jnp_dtype).astype(jnp.float32), np.float64)
+      bad = (s64 > ranges.MAX_SCALE) | ~np.isfinite(stored) | (stored <= 0)
+      if bad.any():
+        raise ValueError(f"quantize: {int(bad.sum())} scale entries cannot be stored and used: e.g. "
+                         f"{float(s64[bad].reshape(-1)[0])!r} (scale_dtype={spec.scale_dtype!r}; usable float32 "
+                         f"scales are <= {ranges.MAX_SCALE:.4g}, beyond that 1/scale flushes to 0). Rescale the "
+                         "values or use scale_dtype='float32'.")
     if spec.symmetric and zero_point is not None:
       raise ValueError("quantize: a symmetric spec takes no zero_point; pass zero_point=None or symmetric=False.")
     if not spec.symmetric and zero_point is None:
@@ -208,7 +264,7 @@ def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check
   if check_finite_values and not isinstance(x, jax.core.Tracer):
     if scale is None and not spec.stochastic_rounding:
       qa, ok = quantize_checked(x, spec)
-      raise_if_not_finite(ok, x)
+      raise_if_not_finite(ok, x, spec=spec)
       return qa
     check_finite(x)
   return _quantize_jit(x, scale, zero_point, key, spec=spec)
@@ -228,8 +284,13 @@ def expanded_params(qa: QArray):
     ax = group_axis(qa.spec.granularity, qa.ndim)
     if ax is None:
       raise ValueError("QArray has g_idx but its granularity is not PerGroup.")
-    scale = jnp.take(scale, qa.g_idx, axis=ax)
-    zp = None if zp is None else jnp.take(zp, qa.g_idx, axis=ax)
+    if qa.g_idx.ndim == 1:
+      scale = jnp.take(scale, qa.g_idx, axis=ax)
+      zp = None if zp is None else jnp.take(zp, qa.g_idx, axis=ax)
+    else:   # stacked (scanned layers / experts): g_idx (*lead, K) holds one row map per leading index
+      idx = jnp.expand_dims(qa.g_idx, tuple(range(qa.g_idx.ndim, scale.ndim)))
+      scale = jnp.take_along_axis(scale, idx, axis=ax)
+      zp = None if zp is None else jnp.take_along_axis(zp, idx, axis=ax)
   block = tuple(n // s for n, s in zip(qa.shape, scale.shape))
   return scale, zp, block
 

@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jquant.core import calibration_methods as cm
 from jquant.core import tiling
 from jquant.core.qtypes import QType
+
+F32_TINY = float(np.finfo(np.float32).tiny)
+# A larger scale has a subnormal reciprocal, which CPUs/GPUs flush to 0: x / scale (computed as x * (1 / scale))
+# would be 0 for every x. Scales outside [F32_TINY, MAX_SCALE] cannot be used.
+MAX_SCALE = float(np.float32(1.0) / np.float32(F32_TINY))
 
 
 def scale_from_range(lo: jax.Array, hi: jax.Array, qtype: QType, symmetric: bool):
@@ -19,19 +25,36 @@ def scale_from_range(lo: jax.Array, hi: jax.Array, qtype: QType, symmetric: bool
   Symmetric: ``hi`` is the absmax; scale = absmax / qmax (integer and float8) or absmax (NF4).
   Asymmetric (integers): the range is widened to contain 0, scale = (hi - lo) / (qmax - qmin),
   zero_point = clip(round(qmin - lo / scale), qmin, qmax), so that 0.0 is exactly representable.
-  A zero-width range gets scale 1 (every value quantizes to the zero point).
+  A zero-width range gets scale 1 (every value quantizes to the zero point); a positive scale below float32's
+  smallest normal is raised to it (a subnormal divisor is flushed to 0). A NaN/inf range gives a NaN/inf scale:
+  non-finite inputs are never turned into a finite scale (callers check with `usable_scale`).
   """
   if symmetric:
     amax = jnp.abs(hi)
     denom = 1.0 if qtype.is_lut else qtype.qmax
     scale = amax / denom
-    return jnp.where(scale > 0, scale, 1.0).astype(jnp.float32), None
+    return jnp.where(scale == 0, 1.0, jnp.maximum(scale, F32_TINY)).astype(jnp.float32), None
   lo = jnp.minimum(lo, 0.0)
   hi = jnp.maximum(hi, 0.0)
   scale = (hi - lo) / (qtype.qmax - qtype.qmin)
-  scale = jnp.where(scale > 0, scale, 1.0).astype(jnp.float32)
+  scale = jnp.where(scale == 0, 1.0, jnp.maximum(scale, F32_TINY)).astype(jnp.float32)
   zp = jnp.clip(jnp.round(qtype.qmin - lo / scale), qtype.qmin, qtype.qmax)
   return scale, zp
+
+
+def usable_scale(scale: jax.Array) -> jax.Array:
+  """True where a float32 scale can be used: finite and in [F32_TINY, MAX_SCALE] (False for NaN)."""
+  return (scale >= F32_TINY) & (scale <= MAX_SCALE)
+
+
+def absmax_nan_on_top(x: jax.Array, axis=None, keepdims: bool = False) -> jax.Array:
+  """max |x| over ``axis`` (float32) that is NaN if any reduced element is NaN (inf if one is inf, no NaN).
+
+  XLA:CPU float max may drop NaN; an integer max of the |x| bit patterns is exact for non-negative floats and puts
+  NaN (bits above +inf's) on top, in the same single pass.
+  """
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32) & jnp.int32(0x7FFFFFFF)
+  return jax.lax.bitcast_convert_type(jnp.max(bits, axis=axis, keepdims=keepdims), jnp.float32)
 
 
 def _fake_quant_tiles(t, scale, zp, qtype: QType):

@@ -60,7 +60,12 @@ def representable_range(scale: jax.Array, zero_point: jax.Array | None, spec: Qu
 
 
 def _forward(x: jax.Array, scale, zero_point, spec: QuantSpec):
-  """(fake-quantized x, in-range mask). The same jq.quantize/jq.dequantize calls convert() makes."""
+  """(fake-quantized x, per-element gradient code). The same jq.quantize/jq.dequantize calls convert() makes.
+
+  The code is int8: 1 passes the gradient, 0 clips it, 2 poisons it with NaN -- for a NaN/inf element and for
+  every element of a tile whose scale is NaN (a non-finite value in the tile, or a range the format cannot hold;
+  their forward values are NaN too), so a non-finite activation can never yield a finite gradient.
+  """
   qa = quantize(x, spec, scale=scale, zero_point=zero_point, check_finite_values=False)
   y = dequantize(qa, x.dtype)
   s, z, block = expanded_params(qa)
@@ -70,8 +75,11 @@ def _forward(x: jax.Array, scale, zero_point, spec: QuantSpec):
   slack = 4 * jnp.finfo(jnp.float32).eps
   lo, hi = lo - slack * jnp.abs(lo), hi + slack * jnp.abs(hi)
   xf = x.astype(jnp.float32)
-  mask = tiling.broadcast_apply(lambda v, a, b: (v >= a) & (v <= b), xf, block, lo, hi)
-  return y, mask
+
+  def code(v, a, b):
+    inside = ((v >= a) & (v <= b)).astype(jnp.int8)
+    return jnp.where(jnp.isfinite(v) & ~jnp.isnan(a), inside, jnp.int8(2))
+  return y, tiling.broadcast_apply(code, xf, block, lo, hi)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -80,16 +88,17 @@ def _fake_quant(spec, x, scale, zero_point):
 
 
 def _fake_quant_fwd(spec, x, scale, zero_point):
-  y, mask = _forward(x, scale, zero_point, spec)
-  # The mask is the only per-element residual; scale/zero point (tile-sized) only for the shapes of their zeros.
-  return y, (mask, scale, zero_point)
+  y, code = _forward(x, scale, zero_point, spec)
+  # The int8 code is the only per-element residual; scale/zero point (tile-sized) only for the shapes of their zeros.
+  return y, (code, scale, zero_point)
 
 
 def _fake_quant_bwd(spec, res, g):
   del spec
-  mask, scale, zero_point = res
+  code, scale, zero_point = res
   zeros = lambda a: None if a is None else jnp.zeros_like(a)
-  return jnp.where(mask, g, jnp.zeros_like(g)), zeros(scale), zeros(zero_point)
+  gx = jnp.where(code == 1, g, jnp.where(code == 0, jnp.zeros_like(g), jnp.full_like(g, jnp.nan)))
+  return gx, zeros(scale), zeros(zero_point)
 
 
 _fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)

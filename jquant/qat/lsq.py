@@ -61,6 +61,10 @@ def _lsq_forward(spec: QuantSpec, x, scale, zero_point):
     q = jnp.clip(r + zi, qt.qmin, qt.qmax)
     qc, lo, hi = q - zi, qt.qmin - zi, qt.qmax - zi
   inside = (v >= lo) & (v <= hi)
+  # A NaN/inf input (or scale) stays non-finite: NaN output, NaN step-size and input gradients (never clipped to a
+  # finite value), so a loss-scaled step sees it and skips.
+  finite = jnp.isfinite(v)
+  qc = jnp.where(finite, qc, jnp.nan)
   y = (qc * si).reshape(x.shape).astype(x.dtype)
   ds = jnp.where(inside, r - v, qc).reshape(x.shape)
   return y, ds, inside.reshape(x.shape), s
@@ -81,7 +85,7 @@ def _lsq_bwd(spec, res, g):
   block = spec.granularity.block_shape(g.shape)
   gscale = lsq_grad_scale(spec, g.shape)
   gf = g.astype(jnp.float32)
-  dx = jnp.where(inside, g, jnp.zeros_like(g))
+  dx = jnp.where(inside, g, jnp.where(jnp.isnan(ds), jnp.full_like(g, jnp.nan), jnp.zeros_like(g)))
   dscale = gscale * _tile_sum(gf * ds, block)
   if zero_point is None:
     return dx, dscale, None
@@ -159,4 +163,4 @@ def lsq_init(x: jax.Array, spec: QuantSpec) -> tuple[jax.Array, jax.Array | None
   block = spec.granularity.block_shape(x.shape)
   mean_abs = jnp.mean(jnp.abs(tiling.to_tiles(x.astype(jnp.float32), block)), axis=-1)
   scale = 2.0 * mean_abs / math.sqrt(spec.qtype.qmax)
-  return jnp.where(scale > 0, scale, 1.0), None
+  return jnp.where(scale == 0, 1.0, scale), None   # all-zero tile -> 1; NaN/inf tiles stay non-finite

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from jquant.core.quantize import check_float_array
 from jquant.core.qarray import QArray
+from jquant.core.ranges import absmax_nan_on_top
 from jquant.solvers.smoothquant import check_int8_weight, int8_dot, w8a8_quantize_weight
 
 _HI = jax.lax.Precision.HIGHEST
@@ -77,8 +78,10 @@ def _matmul(x, qw, w_fp, threshold, *, decompose, out_dtype):
   else:
     cols = jnp.zeros((x2.shape[1],), bool)
     xm = x2
-  sx = jnp.max(jnp.abs(xm), axis=1, keepdims=True) / 127.0
-  sx = jnp.where(sx > 0, sx, 1.0)
+  # NaN never counts as an outlier (|NaN| >= t is False), so it stays in xm; the NaN-on-top absmax makes its row's
+  # scale NaN and the row's output NaN (a float max on XLA:CPU may drop it and give a finite, wrong row).
+  sx = absmax_nan_on_top(xm, axis=1, keepdims=True) / 127.0
+  sx = jnp.where(sx == 0, 1.0, jnp.where(jnp.isfinite(sx), sx, jnp.nan))
   xq = jnp.where(cols[None, :], 0.0, jnp.round(xm / sx)).astype(jnp.int8)
   y = int8_dot(xq, qw.qvalue).astype(jnp.float32) * sx * sw
   if decompose:

@@ -23,6 +23,7 @@ from jquant.core.granularity import PerChannel, PerTensor
 from jquant.core.qarray import QArray
 from jquant.core.qtypes import INT8
 from jquant.core.quantize import check_finite, check_float_array, quantize
+from jquant.core.ranges import absmax_nan_on_top
 from jquant.core.spec import QuantSpec
 
 _ACT_MODES = ("per_token", "per_tensor")
@@ -88,13 +89,17 @@ def w8a8_quantize_weight(w, *, per_channel: bool = True) -> QArray:
 
 def quantize_activations_int8(x: jax.Array, act: str, act_scale=None):
   """(int8 codes, float32 scale of shape (T, 1) or (1, 1)) for activations x (T, K), symmetric absmax / 127."""
+  # absmax_nan_on_top: a NaN/inf in a row gives that row a non-finite absmax (XLA:CPU's float max may drop NaN),
+  # whose scale then makes the row's output non-finite instead of a finite product of saturated codes.
   if act_scale is not None:
     s = jnp.reshape(jnp.asarray(act_scale, jnp.float32), (1, 1))
+    row_ok = jnp.isfinite(absmax_nan_on_top(x, axis=-1, keepdims=True))   # static scale: one cheap row pass
+    s = jnp.where(row_ok, s, jnp.nan)
   elif act == "per_token":
-    s = jnp.max(jnp.abs(x), axis=-1, keepdims=True) / 127.0
+    s = absmax_nan_on_top(x, axis=-1, keepdims=True) / 127.0
   else:
-    s = jnp.max(jnp.abs(x)).reshape(1, 1) / 127.0
-  s = jnp.where(s > 0, s, 1.0)
+    s = absmax_nan_on_top(x).reshape(1, 1) / 127.0
+  s = jnp.where(s == 0, 1.0, jnp.where(jnp.isfinite(s), s, jnp.nan))
   return jnp.clip(jnp.round(x / s), -127, 127).astype(jnp.int8), s
 
 
