@@ -35,6 +35,9 @@ class LlamaConfig:
   num_kv_heads: int = 3
   rope_base: float = 100000.0
   rms_eps: float = 1e-5
+  tie_embeddings: bool = True    # False: a separate ``lm_head/kernel`` (hidden, vocab), as most HF Llamas
+  qkv_bias: bool = False         # q/k/v projections have biases (Qwen2; HF Llama ``attention_bias``)
+  o_bias: bool = False           # o_proj has a bias (HF Llama ``attention_bias``)
 
   def __post_init__(self):
     for f in ("vocab_size", "hidden", "intermediate", "num_layers", "num_heads", "num_kv_heads"):
@@ -98,10 +101,10 @@ class LlamaAttention(nn.Module):
     cfg = self.config
     bsz, t, _ = x.shape
     hd = cfg.head_dim
-    lin = lambda n, name: Linear(n, use_bias=False, matmul=self.matmul, name=name)
-    q = lin(cfg.num_heads * hd, "q_proj")(x).reshape(bsz, t, cfg.num_heads, hd)
-    k = lin(cfg.num_kv_heads * hd, "k_proj")(x).reshape(bsz, t, cfg.num_kv_heads, hd)
-    v = lin(cfg.num_kv_heads * hd, "v_proj")(x).reshape(bsz, t, cfg.num_kv_heads, hd)
+    lin = lambda n, name, bias=False: Linear(n, use_bias=bias, matmul=self.matmul, name=name)
+    q = lin(cfg.num_heads * hd, "q_proj", cfg.qkv_bias)(x).reshape(bsz, t, cfg.num_heads, hd)
+    k = lin(cfg.num_kv_heads * hd, "k_proj", cfg.qkv_bias)(x).reshape(bsz, t, cfg.num_kv_heads, hd)
+    v = lin(cfg.num_kv_heads * hd, "v_proj", cfg.qkv_bias)(x).reshape(bsz, t, cfg.num_kv_heads, hd)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     rep = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(bsz, t, cfg.num_kv_heads, rep, hd)
@@ -110,7 +113,7 @@ class LlamaAttention(nn.Module):
     logits = jnp.where(causal, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v, precision=jax.lax.Precision.HIGHEST)
-    return lin(cfg.hidden, "o_proj")(out.reshape(bsz, t, cfg.num_heads * hd))
+    return lin(cfg.hidden, "o_proj", cfg.o_bias)(out.reshape(bsz, t, cfg.num_heads * hd))
 
 
 class LlamaMLP(nn.Module):
@@ -151,6 +154,8 @@ class LlamaLM(nn.Module):
     self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden, name="embed_tokens")
     self.layers = [LlamaBlock(cfg, self.matmul, name=f"layers_{i}") for i in range(cfg.num_layers)]
     self.norm = nn.RMSNorm(epsilon=cfg.rms_eps, name="norm")
+    if not cfg.tie_embeddings:
+      self.lm_head = Linear(cfg.vocab_size, use_bias=False, name="lm_head")
 
   def embed(self, input_ids: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
     bsz, t = input_ids.shape
@@ -160,6 +165,8 @@ class LlamaLM(nn.Module):
 
   def head(self, hidden: jax.Array) -> jax.Array:
     h = self.norm(hidden)
+    if not self.config.tie_embeddings:
+      return self.lm_head(h).astype(jnp.float32)
     emb = self.embed_tokens.embedding
     return jnp.einsum("btd,vd->btv", h, emb.astype(h.dtype), precision=jax.lax.Precision.HIGHEST)
 
