@@ -59,6 +59,8 @@ class InputStats:
 
 def _block_fn(model, i: int) -> Callable:
   """fn(block_params, hidden, ctx) for block ``i``."""
+  if hasattr(model, "block_fn"):
+    return model.block_fn(i)
   if isinstance(model, BlockwiseBase):   # homogeneous blocks: the block index only selects the params
     return lambda bp, h, ctx: model._run_block(bp, h, ctx)  # pylint: disable=protected-access
   return lambda bp, h, ctx: model.apply_block(i, bp, h, ctx)
@@ -66,6 +68,8 @@ def _block_fn(model, i: int) -> Callable:
 
 def _program_index(model, i: int) -> int:
   """Blocks of jquant's homogeneous models share one compiled program (key 0); others compile per block."""
+  if hasattr(model, "block_fn"):
+    return i if i == "rest" else 0
   return 0 if isinstance(model, BlockwiseBase) else i
 
 
@@ -73,6 +77,8 @@ def _reduce(x: jax.Array, mask: jax.Array, stride: int):
   k = x.shape[-1]
   xf = x.reshape(-1, k).astype(jnp.float32)
   mf = mask.reshape(-1)
+  if mf.shape[0] != xf.shape[0]:      # a linear that does not run per token of the block input (pooled, ...)
+    mf = jnp.ones((xf.shape[0],), bool)
   finite = jnp.all(jnp.isfinite(jnp.where(mf[:, None], xf, 0.0)))
   xz = jnp.where(mf[:, None] & jnp.isfinite(xf), xf, 0.0)
   gram = jnp.matmul(xz.T, xz, precision=_HI)
@@ -90,12 +96,19 @@ def _capture_program(model, i: int, paths: tuple[str, ...], stride: int):
   def run(bp, hidden, ctx):
     seen: dict[str, Any] = {}
 
+    grab = getattr(model, "capture_input", None)
+
     def interceptor(next_fun, args, kwargs, context):
       mod = context.module
-      if isinstance(mod, Linear) and context.method_name == "__call__":
+      if context.method_name == "__call__":
         p = "/".join(mod.path)
         if p in paths and p not in seen:
-          seen[p] = args[0]
+          if grab is not None:
+            x = grab(mod, args, kwargs)
+            if x is not None:
+              seen[p] = (args[0], x)
+          elif isinstance(mod, Linear):
+            seen[p] = (args[0], args[0])
       return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):
@@ -104,19 +117,19 @@ def _capture_program(model, i: int, paths: tuple[str, ...], stride: int):
     if missing:
       raise ValueError(f"linear layers {missing} were not called by the block; linear_groups() must name the "
                        f"Linear modules of apply_block by their paths relative to the block, e.g. 'mlp/up_proj'.")
-    mask = token_mask(hidden, ctx)
+    mask = token_mask(hidden, ctx) if hasattr(hidden, "shape") else jnp.ones((1,), bool)
     uniq: list[Any] = []
     index = {}
     for p in paths:                                   # q/k/v receive the same traced array: reduce it once
       for j, u in enumerate(uniq):
-        if u is seen[p]:
+        if u[0] is seen[p][0]:
           index[p] = j
           break
       else:
         index[p] = len(uniq)
         uniq.append(seen[p])
     box["index"] = index
-    return out, [_reduce(u, mask, stride) for u in uniq]
+    return out, [_reduce(u[1], mask, stride) for u in uniq]
 
   return jax.jit(run), box
 
@@ -141,7 +154,7 @@ def capture_block(model, i: int, block_params: PyTree, hiddens: Sequence[jax.Arr
   Raises:
     ValueError: a batch held NaN/inf activations at one of the linears.
   """
-  total = sum(int(np.prod(h.shape[:2])) for h in hiddens)
+  total = sum(int(np.prod(jax.tree.leaves(h)[0].shape[:2])) for h in hiddens)
   stride = max(1, -(-total // max_samples))
   jitted, box = _capture_program(model, _program_index(model, i), tuple(paths), stride)
   outs, stats = [], None

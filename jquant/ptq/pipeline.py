@@ -18,6 +18,7 @@ every batch (memory: one block's activations of the calibration set). Then, per 
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import sys
@@ -37,7 +38,9 @@ from jquant.ptq import methods as M
 from jquant.ptq.capture import capture_block, forward_block
 from jquant.ptq.protocol import BlockwiseModel
 from jquant.ptq.report import LayerReport, PTQReport, output_sqnr_db, tree_nbytes
-from jquant.ptq.scaling import apply_group_scales, copy_dicts, get_in, scale_plan, set_in
+from jquant.ptq.access import (copy_dicts, get_block, get_in, kernel_of, kernel_view, linear_leaves, put_block,
+                               set_kernel)
+from jquant.ptq.scaling import scale_plan
 from jquant.solvers.awq import apply_clip, awq_clip, awq_scales
 from jquant.solvers.gptq import gptq
 from jquant.solvers.llm_int8 import llm_int8_prepare
@@ -61,6 +64,9 @@ def runtime_model(model, method):
   """
   M.check_method(method)
   mm = getattr(method, "matmul", None)
+  if _is_flax_module(model):
+    from jquant.ptq.runtime import QuantizedRuntime  # pylint: disable=import-outside-toplevel
+    return QuantizedRuntime(model, mm)
   if isinstance(model, BlockwiseModel):
     if mm is None:
       return model
@@ -71,6 +77,11 @@ def runtime_model(model, method):
   if callable(model):
     return model(matmul=mm)
   raise TypeError(f"runtime_model: expected a BlockwiseModel or a factory f(matmul=...), got {type(model).__name__}.")
+
+
+def _is_flax_module(model) -> bool:
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  return isinstance(model, nn.Module) and not isinstance(model, BlockwiseModel)
 
 
 def _check_inputs(model, params, method, skip) -> tuple[list[tuple[str, ...]], list[str], tuple[str, ...]]:
@@ -139,6 +150,15 @@ def _sqnr(fp_leaves, q_leaves, x, in_div=None, out_div=None, matmul=default_matm
   return output_sqnr_db(ref, yq)
 
 
+def _static_groups_if_needed(method, view):
+  """Act-order on a kernel with several input axes runs with static groups: a g_idx cannot index them."""
+  g = method.gptq if isinstance(method, (M.AWQ, M.SmoothQuant)) else method
+  if view is None or len(view.in_axes) < 2 or not isinstance(g, M.GPTQ) or not g.act_order or g.static_groups:
+    return method
+  g2 = dataclasses.replace(g, static_groups=True)
+  return g2 if g is method else dataclasses.replace(method, gptq=g2)
+
+
 def _solve(method, w, gram, path: str) -> tuple[QArray, float | None, dict]:
   """Quantizes one kernel (K, N) with the weight-only solver of ``method``."""
   if isinstance(method, (M.AWQ, M.SmoothQuant)):
@@ -153,10 +173,6 @@ def _solve(method, w, gram, path: str) -> tuple[QArray, float | None, dict]:
   return qa, float(jnp.sum(losses)), extra
 
 
-def _linear_leaves(block, p) -> dict:
-  return dict(get_in(block, p))
-
-
 def _eff_gram(st, leaves) -> jax.Array:
   """Gram matrix of the matmul's input: captured inputs times the layer's own ``input_scale`` if it has one."""
   if "input_scale" not in leaves:
@@ -169,27 +185,41 @@ def _eff_vec(v, leaves) -> jax.Array:
   return v * leaves["input_scale"].astype(jnp.float32) if "input_scale" in leaves else v
 
 
-def _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries):
+def _full(name: str, p: str) -> str:
+  return f"{name}/{p}" if name else p
+
+
+def _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries, wb=None, ob=None):
   """RTN / GPTQ: true-sequential over the groups of block i; returns the quantized block's outputs."""
   bits = M.method_bits(method)
+  wb = get_block(model, work, name) if wb is None else wb
+  ob = get_block(model, out, name) if ob is None else ob
   for paths in groups:
-    qpaths = [p for p in paths if keep(f"{name}/{p}")]
+    qpaths = [p for p in paths if keep(_full(name, p))]
     if not qpaths:
       continue
-    _, stats = capture_block(model, i, work[name], hs, ctxs, qpaths, block_name=name)
+    _, stats = capture_block(model, i, wb, hs, ctxs, qpaths, block_name=name)
     for p in qpaths:
       t0 = time.perf_counter()
-      fp_leaves = _linear_leaves(work[name], p)
-      qa, loss, extra = _solve(method, fp_leaves["kernel"], _eff_gram(stats[p], fp_leaves), f"{name}/{p}")
-      set_in(work[name], f"{p}/kernel", dequantize(qa).astype(fp_leaves["kernel"].dtype))
-      set_in(out[name], f"{p}/kernel", qa)
-      sq = _sqnr(fp_leaves, _linear_leaves(out[name], p), stats[p].sample())
+      view = kernel_view(model, p)
+      fp_leaves = linear_leaves(wb, p, view)
+      m = _static_groups_if_needed(method, view)
+      qa, loss, extra = _solve(m, fp_leaves["kernel"], _eff_gram(stats[p], fp_leaves), _full(name, p))
+      if m is not method:
+        extra = {**extra, "static_groups": "act-order over several input axes uses static groups (no g_idx)"}
+      set_kernel(wb, p, view, dequantize(qa).astype(fp_leaves["kernel"].dtype))
+      set_kernel(ob, p, view, qa)
+      sq = _sqnr(fp_leaves, linear_leaves(ob, p, view), stats[p].sample())
       k, n = fp_leaves["kernel"].shape
-      entries.append(LayerReport(f"{name}/{p}", method.name, bits, sq, loss, time.perf_counter() - t0, k, n, extra))
-  return forward_block(model, i, work[name], hs, ctxs)
+      entries.append(LayerReport(_full(name, p), method.name, bits, sq, loss, time.perf_counter() - t0, k, n, extra))
+  put_block(model, work, name, wb)
+  put_block(model, out, name, ob)
+  if i == "rest":
+    return hs
+  return forward_block(model, i, wb, hs, ctxs)
 
 
-def _awq_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, dict, dict]:
+def _awq_transform(method, plan, block, stats, groups, keep_rel, view_of) -> tuple[dict, dict, dict]:
   """AWQ scale search (float inputs) + folding + clip, in place on the float ``block``.
 
   Returns (in_div, out_div, extra): per linear path, the scale its input is divided by / its outputs are divided by
@@ -199,20 +229,21 @@ def _awq_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, 
   found = []
   extra: dict[str, dict] = {}
   # E[x x^T] of each matmul input, taken before any input_scale changes below
-  moments = {p: _eff_gram(stats[p], get_in(block, p)) / max(stats[p].count, 1) for g in groups for p in g}
+  moments = {p: _eff_gram(stats[p], linear_leaves(block, p, view_of(p))) / max(stats[p].count, 1)
+             for g in groups for p in g}
   for g, paths in enumerate(groups):
     target = plan.targets[g] if g < len(plan.targets) else None
     if target is None or target.kind == "none" or not any(keep_rel(p) for p in paths):
       continue
-    act = _eff_vec(stats[paths[0]].mean_abs, get_in(block, paths[0]))
-    res = awq_scales([get_in(block, f"{p}/kernel") for p in paths], act, spec, gram=moments[paths[0]],
+    act = _eff_vec(stats[paths[0]].mean_abs, linear_leaves(block, paths[0], view_of(paths[0])))
+    res = awq_scales([kernel_of(block, p, view_of(p)) for p in paths], act, spec, gram=moments[paths[0]],
                      grid=method.grid, duo_scaling=method.duo_scaling)
     found.append((target, paths, res.scales))
     for p in paths:
       extra[p] = {"alpha": float(res.alpha)}
   in_div, out_div, scaled = {}, {}, {}
   for target, paths, s in found:     # all scales were searched on the unscaled weights, as in the reference
-    info = apply_group_scales(block, target, paths, s)
+    info = apply_group_scales(block, target, paths, s, view_of)
     in_div.update(info["in_div"])
     out_div.update(info["out_div"])
     scaled.update(info["scaled"])
@@ -224,14 +255,14 @@ def _awq_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, 
         gram = moments[p]
         if p in scaled:        # the scaled kernel reads x / s
           gram = gram / (scaled[p][:, None] * scaled[p][None, :])
-        lin = get_in(block, p)
-        clip = awq_clip(lin["kernel"], None, spec, gram=gram, mode=method.clip_mode)
-        lin["kernel"] = apply_clip(lin["kernel"], clip.max_val, clip.min_val)
+        w = kernel_of(block, p, view_of(p))
+        clip = awq_clip(w, None, spec, gram=gram, mode=method.clip_mode)
+        set_kernel(block, p, view_of(p), apply_clip(w, clip.max_val, clip.min_val))
         extra.setdefault(p, {})["clipped"] = True
   return in_div, out_div, extra
 
 
-def _smooth_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, dict, dict]:
+def _smooth_transform(method, plan, block, stats, groups, keep_rel, view_of) -> tuple[dict, dict, dict]:
   """SmoothQuant migration scales (act max of the captured inputs, current weights), folded in place; returns
   (in_div, out_div, extra) as `_awq_transform`."""
   in_div, out_div, extra = {}, {}, {}
@@ -242,9 +273,10 @@ def _smooth_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dic
     if method.smooth == "norm" and not target.norm_fed:
       continue
     st = stats[paths[0]]
-    w_max = weight_absmax([get_in(block, f"{p}/kernel") for p in paths])
-    s = smoothquant_scales(_eff_vec(st.abs_max, get_in(block, paths[0])), w_max, method.alpha)
-    info = apply_group_scales(block, target, paths, s)
+    w_max = weight_absmax([kernel_of(block, p, view_of(p)) for p in paths])
+    s = smoothquant_scales(_eff_vec(st.abs_max, linear_leaves(block, paths[0], view_of(paths[0]))), w_max,
+                           method.alpha)
+    info = apply_group_scales(block, target, paths, s, view_of)
     in_div.update(info["in_div"])
     out_div.update(info["out_div"])
     for p in paths:
@@ -252,24 +284,26 @@ def _smooth_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dic
   return in_div, out_div, extra
 
 
-def _scale_transform(method, plan, block, stats, groups, keep_rel) -> tuple[dict, dict, dict]:
+def _scale_transform(method, plan, block, stats, groups, keep_rel, view_of) -> tuple[dict, dict, dict]:
   """The per-input-channel scaling of ``method`` (AWQ search + clip, SmoothQuant migration; none for LLM.int8)."""
   if isinstance(method, M.AWQ):
-    return _awq_transform(method, plan, block, stats, groups, keep_rel)
+    return _awq_transform(method, plan, block, stats, groups, keep_rel, view_of)
   if isinstance(method, M.SmoothQuant):
-    return _smooth_transform(method, plan, block, stats, groups, keep_rel)
+    return _smooth_transform(method, plan, block, stats, groups, keep_rel, view_of)
   return {}, {}, {}
 
 
 def _fp_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entries):
   """AWQ / SmoothQuant / LLM.int8: statistics from the float block; returns its float outputs."""
-  rel_keep = lambda p: keep(f"{name}/{p}")
+  rel_keep = lambda p: keep(_full(name, p))
+  view_of = lambda p: kernel_view(model, p)
   all_paths = [p for g in groups for p in g]
-  fp_outs, stats = capture_block(model, i, params[name], hs, ctxs, all_paths, block_name=name)
+  fp_block = get_block(model, params, name)
+  fp_outs, stats = capture_block(model, i, fp_block, hs, ctxs, all_paths, block_name=name)
   plan = scale_plan(model, groups)
   t0 = time.perf_counter()
-  block = copy_dicts(params[name])
-  in_div, out_div, extra = _scale_transform(method, plan, block, stats, groups, rel_keep)
+  block = copy_dicts(fp_block)
+  in_div, out_div, extra = _scale_transform(method, plan, block, stats, groups, rel_keep, view_of)
   shared = (time.perf_counter() - t0) / max(len(all_paths), 1)
   bits = M.method_bits(method)
   matmul = getattr(method, "matmul", default_matmul)
@@ -277,34 +311,44 @@ def _fp_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entri
     if not rel_keep(p):
       continue
     t0 = time.perf_counter()
-    w = get_in(block, f"{p}/kernel")
+    w = kernel_of(block, p, view_of(p))
     if isinstance(method, M.AWQ):
       qa = rtn(w, method.spec)
     elif isinstance(method, M.SmoothQuant):
       qa = w8a8_quantize_weight(w, per_channel=True)
     else:
       qa = llm_int8_prepare(w)
-    set_in(block, f"{p}/kernel", qa)
-    sq = _sqnr(_linear_leaves(params[name], p), _linear_leaves(block, p), stats[p].sample(), in_div.get(p),
-               out_div.get(p), matmul)
+    set_kernel(block, p, view_of(p), qa)
+    sq = _sqnr(linear_leaves(fp_block, p, view_of(p)), linear_leaves(block, p, view_of(p)), stats[p].sample(),
+               in_div.get(p), out_div.get(p), matmul)
     k, n = w.shape
-    entries.append(LayerReport(f"{name}/{p}", method.name, bits, sq, None, shared + time.perf_counter() - t0, k, n,
+    entries.append(LayerReport(_full(name, p), method.name, bits, sq, None, shared + time.perf_counter() - t0, k, n,
                                extra.get(p, {})))
-  out[name] = block
-  return fp_outs
+  put_block(model, out, name, block)
+  return fp_outs if i != "rest" else hs
 
 
 def _scaled_gptq_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries):
   """AWQ scales + clip (or SmoothQuant migration) on the block's quantized-model inputs, then true-sequential GPTQ
   on the scaled weights."""
-  rel_keep = lambda p: keep(f"{name}/{p}")
+  rel_keep = lambda p: keep(_full(name, p))
   all_paths = [p for g in groups for p in g]
-  _, stats = capture_block(model, i, work[name], hs, ctxs, all_paths, block_name=name)
-  block = copy_dicts(work[name])
-  _scale_transform(method, scale_plan(model, groups), block, stats, groups, rel_keep)
-  work[name] = block
-  out[name] = copy_dicts(block)
-  return _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries)
+  wb = get_block(model, work, name)
+  _, stats = capture_block(model, i, wb, hs, ctxs, all_paths, block_name=name)
+  block = copy_dicts(wb)
+  _scale_transform(method, scale_plan(model, groups), block, stats, groups, rel_keep,
+                   lambda p: kernel_view(model, p))
+  return _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries,
+                           wb=block, ob=copy_dicts(block))
+
+
+def _run_block(model, i, name, params, work, out, hs, ctxs, groups, keep, method, entries):
+  """One block (or the "rest" pass) with ``method``; returns the next block's inputs."""
+  if isinstance(method, (M.RTN, M.GPTQ)):
+    return _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries)
+  if isinstance(method, (M.AWQ, M.SmoothQuant)) and method.gptq is not None:
+    return _scaled_gptq_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries)
+  return _fp_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entries)
 
 
 @functools.lru_cache(maxsize=16)
@@ -314,20 +358,63 @@ def _jit_embed(model):
 
 def _embed_all(model, params, batches) -> tuple[list, list, int]:
   hs, ctxs, tokens = [], [], 0
-  embed = _jit_embed(model)
+  embed = model.embed if getattr(model, "scanned", False) else _jit_embed(model)
   for b, batch in enumerate(batches):
-    h, ctx = embed(params, batch)
+    try:
+      h, ctx = embed(params, batch)
+    except (TypeError, ValueError) as e:
+      shapes = jax.tree.map(lambda a: getattr(a, "shape", a), batch)
+      raise ValueError(f"quantize_model: calibration batch {b} (shapes {shapes}) failed in the model: {e}") from e
     if not bool(jnp.all(jnp.isfinite(h))):
       raise ValueError(f"quantize_model: the embedding of calibration batch {b} holds NaN/inf; check the params.")
     hs.append(h)
     ctxs.append(ctx)
     m = ctx.get("mask") if isinstance(ctx, dict) else None
-    tokens += int(jnp.sum(m)) if m is not None and tuple(m.shape) == tuple(h.shape[:2]) else int(np.prod(h.shape[:2]))
+    tokens += int(jnp.sum(m)) if m is not None and tuple(m.shape) == tuple(h.shape[:2]) else \
+        int(np.prod(h.shape[:-1]))
   return hs, ctxs, tokens
 
 
+def _generic_model(model, params, batches, blocks, apply_fn):
+  """A `LinenModel` for a user's Flax module (nnx modules are wrapped first)."""
+  from jquant.ptq.linen_model import LinenModel  # pylint: disable=import-outside-toplevel
+  if not hasattr(params, "keys"):
+    raise TypeError(f"quantize_model: params must be the model's Flax 'params' dict, got {type(params).__name__}.")
+  if "params" in params and len(params) == 1:
+    raise ValueError("quantize_model: pass the 'params' collection itself (variables['params']), not "
+                     "{'params': ...}.")
+  return LinenModel(model, params, batches[0], blocks=blocks, apply_fn=apply_fn)
+
+
+def _check_generic(model, params, method, skip):
+  """Validation of a `LinenModel`: float kernels that fit the method's spec."""
+  M.check_method(method)
+  if isinstance(skip, str) or not all(isinstance(p, str) for p in skip):
+    raise TypeError(f"quantize_model: skip must be a sequence of glob patterns over linear paths, got {skip!r}.")
+  spec = getattr(method, "spec", None)
+  bad = []
+  for p, site in model.sites.items():
+    w = get_in(params, f"{p}/kernel")
+    if isinstance(w, QArray) or not jnp.issubdtype(w.dtype, jnp.floating):
+      raise ValueError(f"quantize_model: {p}/kernel must be a float array, got {type(w).__name__}; quantize float "
+                       "params only once.")
+    if spec is not None and isinstance(spec.granularity, PerGroup):
+      try:
+        site.view.granularity_for(spec.granularity) if site.view.k % spec.granularity.size == 0 else bad.append(p)
+      except ValueError:
+        bad.append(p)
+  if bad:
+    ks = sorted({model.sites[p].view.k for p in bad})
+    raise ValueError(f"quantize_model: group size {spec.granularity.size} does not fit the input features of "
+                     f"{len(bad)} linears (e.g. {bad[0]} with K = {ks[0]} over input axes "
+                     f"{model.sites[bad[0]].view.in_shape}); use a group size dividing each, or PerChannel(axis=-1).")
+  model.bind_params(params)
+  return [tuple(g) for g in model.linear_groups()], list(model.block_names()) if model.block_paths else [], \
+      tuple(skip)
+
+
 def quantize_model(model, params: PyTree, calib_batches: Iterable, method, *, skip: Sequence[str] = (),
-                   progress: bool = True) -> tuple[PyTree, PTQReport]:
+                   blocks: str | None = None, apply_fn=None, progress: bool = True) -> tuple[PyTree, PTQReport]:
   """Quantizes every linear of ``model``'s blocks with ``method``, calibrated on ``calib_batches``.
 
   Args:
@@ -350,7 +437,6 @@ def quantize_model(model, params: PyTree, calib_batches: Iterable, method, *, sk
       dividing the input features), params that do not match the model.
   """
   t_start = time.perf_counter()
-  groups, names, skip = _check_inputs(model, params, method, skip)
   if calib_batches is None or isinstance(calib_batches, (str, dict)) or not hasattr(calib_batches, "__iter__"):
     raise TypeError(f"quantize_model: calib_batches must be an iterable of model batches (a list of (B, T) token "
                     f"arrays or encode_batch dicts), got {type(calib_batches).__name__}.")
@@ -361,8 +447,17 @@ def quantize_model(model, params: PyTree, calib_batches: Iterable, method, *, sk
   if not batches:
     raise ValueError("quantize_model: calib_batches is empty; pass at least one calibration batch (e.g. "
                      "jquant.eval.lm_calibration_windows(model) split into batches).")
+  generic = not isinstance(model, BlockwiseModel)
+  if generic:
+    model = _generic_model(model, params, batches, blocks, apply_fn)
+    groups, names, skip = _check_generic(model, params, method, skip)
+  else:
+    groups, names, skip = _check_inputs(model, params, method, skip)
   keep = lambda full: not any(fnmatch.fnmatchcase(full, pat) for pat in skip)
-  hs, ctxs, tokens = _embed_all(model, params, batches)
+  if names:
+    hs, ctxs, tokens = _embed_all(model, params, batches)
+  else:
+    hs, ctxs, tokens = [], [], 0
   out = copy_dicts(params)
   work = copy_dicts(params)
   entries: list[LayerReport] = []
@@ -372,19 +467,25 @@ def quantize_model(model, params: PyTree, calib_batches: Iterable, method, *, sk
     bar = tqdm(total=len(names), desc=f"PTQ {method.name}", unit="block", file=sys.stderr)
   try:
     for i, name in enumerate(names):
-      if isinstance(method, (M.RTN, M.GPTQ)):
-        hs = _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries)
-      elif isinstance(method, (M.AWQ, M.SmoothQuant)) and method.gptq is not None:
-        hs = _scaled_gptq_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries)
-      else:
-        hs = _fp_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entries)
+      hs = _run_block(model, i, name, params, work, out, hs, ctxs, groups, keep, method, entries)
       if bar is not None:
         bar.update(1)
+    if generic:
+      model.finish(out)
+      model.finish(work)
+      if model.outside:      # linears outside the blocks: the whole model is their block
+        _run_block(model, "rest", "", params, work, out, batches, [None] * len(batches),
+                   model.outside_groups(), keep, method, entries)
+        if not names:
+          tokens = sum(int(np.prod(jax.tree.leaves(b)[0].shape[:2])) for b in batches)
   finally:
     if bar is not None:
       bar.close()
-  skipped = tuple(f"{n}/{p}" for n in names for g in groups for p in g if not keep(f"{n}/{p}"))
+  all_paths = [_full(n, p) for n in names for g in groups for p in g]
+  if generic:
+    all_paths += list(model.outside)
+  skipped = tuple(p for p in all_paths if not keep(p))
   report = PTQReport(method=method, layers=tuple(entries), skipped=skipped, seconds=time.perf_counter() - t_start,
                      bytes_before=tree_nbytes(params), bytes_after=tree_nbytes(out), calib_batches=len(batches),
-                     calib_tokens=tokens)
+                     calib_tokens=tokens, unsupported=tuple(sorted(getattr(model, "unsupported", {}).items())))
   return out, report

@@ -53,6 +53,7 @@ class PTQReport:
     seconds: total wall time.
     bytes_before, bytes_after: storage of the whole params tree before/after (QArray values counted packed).
     calib_batches, calib_tokens: the calibration set size (real tokens).
+    unsupported: (path, reason) of every layer with a ``kernel`` that the method cannot quantize (left in float).
   """
 
   method: Any
@@ -63,6 +64,7 @@ class PTQReport:
   bytes_after: int
   calib_batches: int
   calib_tokens: int
+  unsupported: tuple[tuple[str, str], ...] = ()   # (path, why) of layers with a kernel jquant cannot quantize
 
   def __getitem__(self, path: str) -> LayerReport:
     for e in self.layers:
@@ -91,6 +93,8 @@ class PTQReport:
       lines.append(f"{e.path:<{w}}  {e.bits:>4}  {e.sqnr_db:7.2f}  {loss:>10}  {e.seconds:5.2f}")
     if self.skipped:
       lines.append(f"skipped (float): {', '.join(self.skipped)}")
+    for path, why in self.unsupported:
+      lines.append(f"unsupported (float): {path}: {why}")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from jquant.models.minilm import MiniLM
 from jquant.models.smollm2 import SmolLM2
+from jquant.ptq.access import get_in, kernel_of, linear_leaves, set_input_scale, set_kernel
 from jquant.solvers.folding import fold_scales_into_norm, fold_scales_into_prev_linear, scale_weight_rows
 
 PyTree = Any
@@ -59,30 +60,7 @@ def scale_plan(model, groups: Sequence[Sequence[str]]) -> ScalePlan:
   return ScalePlan(tuple(ScaleTarget("input_scale") for _ in groups))
 
 
-def get_in(tree: PyTree, path: str) -> Any:
-  node = tree
-  for p in path.split("/"):
-    node = node[p]
-  return node
-
-
-def copy_dicts(tree: PyTree) -> PyTree:
-  """A copy of the nested-dict structure (leaves shared)."""
-  if isinstance(tree, dict) or (hasattr(tree, "keys") and hasattr(tree, "items") and not hasattr(tree, "shape")):
-    return {k: copy_dicts(v) for k, v in tree.items()}
-  return tree
-
-
-def set_in(tree: PyTree, path: str, value: Any) -> None:
-  """Sets ``tree[a][b]...`` in place (the dicts must be owned: see `copy_dicts`)."""
-  parts = path.split("/")
-  node = tree
-  for p in parts[:-1]:
-    node = node[p]
-  node[parts[-1]] = value
-
-
-def apply_group_scales(block: PyTree, target: ScaleTarget, paths: Sequence[str], s) -> dict[str, Any]:
+def apply_group_scales(block: PyTree, target: ScaleTarget, paths: Sequence[str], s, view_of=None) -> dict[str, Any]:
   """Folds per-input-channel scales ``s`` (K,) of one linear group into ``block`` (in place, float params).
 
   Kernels of ``paths`` become ``w * s[:, None]``; the ``1 / s`` goes to ``target``. The float block computes the
@@ -94,8 +72,9 @@ def apply_group_scales(block: PyTree, target: ScaleTarget, paths: Sequence[str],
     input), the previous linear's outputs are divided by ``s``; "scaled" lists every scaled linear.
   """
   s = jnp.asarray(s, jnp.float32)
+  view_of = view_of or (lambda p: None)
   for p in paths:
-    set_in(block, f"{p}/kernel", scale_weight_rows(get_in(block, f"{p}/kernel"), s))
+    set_kernel(block, p, view_of(p), scale_weight_rows(kernel_of(block, p, view_of(p)), s))
   info: dict[str, Any] = {"in_div": {}, "out_div": {}, "scaled": {p: s for p in paths}}
   if target.kind == "norm":
     norm = get_in(block, target.path)
@@ -114,8 +93,8 @@ def apply_group_scales(block: PyTree, target: ScaleTarget, paths: Sequence[str],
     info["out_div"] = {target.path: s}
   elif target.kind == "input_scale":
     for p in paths:
-      lin = get_in(block, p)
-      lin["input_scale"] = (lin.get("input_scale", jnp.ones_like(s)) / s).astype(jnp.float32)
+      cur = linear_leaves(block, p, view_of(p)).get("input_scale", jnp.ones_like(s))
+      set_input_scale(block, p, view_of(p), (cur / s).astype(jnp.float32))
   else:
     raise ValueError(f"apply_group_scales: target kind {target.kind!r} cannot take scales.")
   return info
