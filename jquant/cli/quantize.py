@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from jquant.cli import common
 
@@ -12,7 +13,8 @@ HELP = "quantize a real model with RTN/GPTQ/AWQ/SmoothQuant/LLM.int8 and save a 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--model", required=True, choices=common.MODELS)
+  parser.add_argument("--model", required=True, metavar="NAME|PATH",
+                      help="smollm2, minilm, or a Hugging Face model folder (Llama-family or BERT)")
   parser.add_argument("--method", required=True, choices=common.METHODS)
   parser.add_argument("--bits", type=int, default=4, choices=(8, 4, 3, 2))
   parser.add_argument("--group-size", type=int, default=None,
@@ -31,11 +33,14 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
                   grid: str = "minmax"):
   """Loads the model, calibrates and quantizes it. Returns (model, qparams, report, meta, seconds)."""
   from jquant import ptq  # pylint: disable=import-outside-toplevel
+  family = common.model_family(model_name)
+  if family != model_name:
+    model_name = str(Path(model_name).resolve())
   if group_size is None:
-    group_size = common.DEFAULT_GROUP[model_name]
+    group_size = common.DEFAULT_GROUP[family]
   method = common.build_method(method_name, bits, group_size, act_order, grid)
   model, params = common.load_model(model_name)
-  batches = common.calibration_batches(model_name, model, calib_text=calib_text, num=calib_samples)
+  batches = common.calibration_batches(family, model, calib_text=calib_text, num=calib_samples)
   t0 = time.perf_counter()
   qparams, report = ptq.quantize_model(model, params, batches, method, progress=progress)
   seconds = time.perf_counter() - t0

@@ -89,7 +89,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
   name, model, qparams, meta = common.load_checkpoint(args.dir)
-  _, params = common.load_model(name)
+  _, params = common.load_model(meta.get("model", name))
   batches = common.calibration_batches(name, model, num=args.samples, seed=1)
   inputs = capture_linear_inputs(model, params, batches)
   rows = layer_table(params, qparams, inputs)
