@@ -46,7 +46,8 @@ from jax import lax
 
 from jquant.core.granularity import PerChannel, PerGroup, PerTensor
 from jquant.core.qarray import QArray
-from jquant.core.quantize import check_float_array, compute_qparams, dequantize_values, quantize_with_params
+from jquant.core.quantize import (check_float_array, compute_qparams, dequantize_values, quantize,
+                                  quantize_with_params)
 from jquant.core.spec import QuantSpec
 
 _HI = lax.Precision.HIGHEST
@@ -135,6 +136,11 @@ def gptq_solve(w, hessian, damp, *, spec: QuantSpec, block_size: int = 128, act_
   in_dtype = str(jnp.dtype(w.dtype))
   w = w.astype(jnp.float32)
   h = hessian.astype(jnp.float32)
+  # GPTQ is invariant to the scale of H; a near-zero Hessian (a layer that saw few or tiny activations) would lose
+  # its precision in subnormal float32 products, so H is scaled by a power of two (exact) to max diag ~ 1 and the
+  # losses scaled back.
+  _, h_exp = jnp.frexp(jnp.max(jnp.diagonal(h)))
+  h_exp = jnp.where(jnp.max(jnp.diagonal(h)) > 0, h_exp, 0)
 
   if g is None:                                   # per-row grid: found before dead inputs are zeroed
     fixed_s, fixed_z = compute_qparams(w, spec)
@@ -142,6 +148,7 @@ def gptq_solve(w, hessian, damp, *, spec: QuantSpec, block_size: int = 128, act_
   dead = diag == 0
   idx = jnp.arange(kdim)
   h = h.at[idx, idx].set(jnp.where(dead, 1.0, diag))
+  h = jnp.ldexp(h, -h_exp)      # after the dead-input fix, so the whole H (its 1s included) scales exactly
   w = jnp.where(dead[:, None], 0.0, w)
   if g is not None and static_groups:
     stat_s, stat_z = compute_qparams(w, spec)     # (K/g, N), natural order
@@ -264,7 +271,7 @@ def gptq_solve(w, hessian, damp, *, spec: QuantSpec, block_size: int = 128, act_
   big = jnp.zeros((kp, ndim), jnp.float32)
   _, qcodes, losses, store = lax.fori_loop(0, nblocks, block_body, (jnp.zeros_like(w0), big, big, store0))
 
-  qcodes, losses = qcodes[:kdim], losses[:kdim]
+  qcodes, losses = qcodes[:kdim], jnp.ldexp(losses[:kdim], h_exp)
   if act_order:
     inv = jnp.argsort(perm)
     qcodes, losses = qcodes[inv], losses[inv]
@@ -291,12 +298,35 @@ def _count_nonfinite(x):
 
 @jax.jit
 def _hessian_stats(h):
-  """(#non-finite entries, max |H - H^T| / max |H|, min diag H) computed on the device (3 scalars to the host)."""
+  """(#non-finite entries, max |H - H^T| / max |H|, min diag H, max diag H) on the device (4 scalars to the host)."""
   h = h.astype(jnp.float32)
   finite = jnp.isfinite(h)
   hf = jnp.where(finite, h, 0.0)
   scale = jnp.maximum(jnp.max(jnp.abs(hf)), 1e-30)
-  return jnp.sum(~finite), jnp.max(jnp.abs(hf - hf.T)) / scale, jnp.min(jnp.diagonal(hf))
+  d = jnp.diagonal(hf)
+  return jnp.sum(~finite), jnp.max(jnp.abs(hf - hf.T)) / scale, jnp.min(d), jnp.max(d)
+
+
+_F32_TINY = float(jnp.finfo(jnp.float32).tiny)
+
+
+def rtn_fallback_reason(hessian) -> str | None:
+  """Why GPTQ cannot use this concrete Hessian (then `gptq` falls back to RTN), or None.
+
+  An all-zero Hessian means the layer saw no calibration tokens (e.g. an MoE expert no token was routed to): every
+  input would count as dead and GPTQ would zero the whole weight. A Hessian whose largest diagonal entry is below
+  float32's smallest normal ({tiny}) holds no usable curvature (CPUs/GPUs flush such values to zero).
+  """
+  if isinstance(hessian, jax.core.Tracer):
+    return None
+  dmax = float(jax.device_get(_hessian_stats(hessian))[3])
+  if dmax == 0.0:
+    return ("its Hessian is all zero on the diagonal (the layer saw no calibration tokens, e.g. an MoE expert no "
+            "token was routed to), so GPTQ would zero every weight")
+  if dmax < _F32_TINY:
+    return (f"its Hessian is near zero (max diag H = {dmax:.3g} < float32's smallest normal {_F32_TINY:.3g}), so it "
+            "holds no usable curvature")
+  return None
 
 
 def check_hessian(hessian, k: int, what: str = "gptq") -> None:
@@ -309,7 +339,7 @@ def check_hessian(hessian, k: int, what: str = "gptq") -> None:
                      f"(K, N)); pass the Hessian of this layer's inputs, or w.T if w is (out, in).")
   if isinstance(hessian, jax.core.Tracer):
     return
-  n_bad, asym, dmin = (float(v) for v in jax.device_get(_hessian_stats(hessian)))
+  n_bad, asym, dmin, _ = (float(v) for v in jax.device_get(_hessian_stats(hessian)))
   if n_bad:
     raise ValueError(f"{what}: hessian has {int(n_bad)} NaN/inf entries; check the calibration "
                      "activations (jq.solvers.hessian_finalize rejects NaN inputs).")
@@ -348,7 +378,10 @@ def gptq(w, hessian, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.
     TypeError: non-floating ``w`` or a ``spec`` that is not a QuantSpec.
 
   Warns:
-    RuntimeWarning when the factorization needed more than ``damp``.
+    RuntimeWarning when the factorization needed more than ``damp``, and when GPTQ "fell back to RTN" because
+    the Hessian is all zero (the layer saw no tokens) or below float32's smallest normal (`rtn_fallback_reason`);
+    the weight is then ``jq.quantize(w, spec)``, never zeroed. A tiny but normal Hessian is rescaled (exactly, by a
+    power of two) and solved as usual.
 
   Inside your own `jax.jit`, call `gptq_solve` and check its ``info.ok`` instead (this wrapper checks on the host).
   """
@@ -376,6 +409,12 @@ def gptq(w, hessian, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.
     if n_bad:
       raise ValueError(f"gptq: w of shape {tuple(w.shape)} has {n_bad} NaN/inf values; quantization needs finite "
                        "weights (a diverged checkpoint?).")
+  reason = rtn_fallback_reason(hessian)
+  if reason is not None:
+    warnings.warn(f"gptq: fell back to RTN for w of shape {tuple(w.shape)}: {reason}. Its losses are reported as 0 "
+                  "(no calibration signal); calibrate on data that reaches this layer to get a GPTQ solve.",
+                  RuntimeWarning, stacklevel=2)
+    return quantize(w, spec), jnp.zeros(w.shape, jnp.float32)
   qa, losses, info = gptq_solve(w, hessian, jnp.float32(damp), spec=spec, block_size=block_size,
                                 act_order=bool(act_order), static_groups=bool(static_groups))
   if not isinstance(info.ok, jax.core.Tracer):
