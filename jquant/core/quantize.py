@@ -143,9 +143,13 @@ def _quantize_jit(x, scale, zero_point, key, *, spec: QuantSpec, with_finite_fla
     tile_ok = tile_ok & ranges.usable_scale(scale)
     scale = jnp.where(tile_ok, scale, jnp.nan)
     flag = jnp.all(tile_ok)
+  if spec.double_quant:   # quantize with the scales dequantize will use, so the round trip is consistent
+    stored = double_quantize(scale, spec.double_quant_block)
+    scale = stored.dequantize()
+  else:
+    stored = scale.astype(spec.scale_jnp_dtype)
   q = quantize_with_params(x, scale, zero_point, spec.qtype, block, key=key, stochastic=spec.stochastic_rounding)
   zp = None if zero_point is None else zero_point.astype(spec.qtype.storage_dtype)
-  stored = double_quantize(scale, spec.double_quant_block) if spec.double_quant else scale.astype(spec.scale_jnp_dtype)
   qa = QArray(qvalue=q, scale=stored, zero_point=zp, g_idx=None, qtype=spec.qtype, spec=spec, dtype=str(x.dtype))
   if with_finite_flag:
     return qa, flag

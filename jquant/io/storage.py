@@ -88,7 +88,7 @@ def to_storage(tree) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
       entry = {"kind": "qarray", "spec": spec_to_dict(leaf.spec), "dtype": leaf.dtype,
                "qvalue": put(f"{path}.qvalue", leaf.qvalue)}
       if isinstance(leaf.scale, DoubleQuantScale):
-        entry["scale"] = {"double_quant": True, "shape": list(leaf.scale.shape),
+        entry["scale"] = {"double_quant": True, "shape": list(leaf.scale.shape), "kind": leaf.scale.kind,
                           "qvalue": put(f"{path}.scale.qvalue", leaf.scale.qvalue),
                           "scale": put(f"{path}.scale.scale", leaf.scale.scale),
                           "offset": put(f"{path}.scale.offset", leaf.scale.offset)}
@@ -131,7 +131,7 @@ def from_storage(tensors: dict[str, np.ndarray], meta: dict[str, Any]):
         scale = DoubleQuantScale(qvalue=_decode(tensors[f"{path}.scale.qvalue"], s["qvalue"]),
                                  scale=_decode(tensors[f"{path}.scale.scale"], s["scale"]),
                                  offset=_decode(tensors[f"{path}.scale.offset"], s["offset"]),
-                                 shape=tuple(s["shape"]))
+                                 shape=tuple(s["shape"]), kind=s.get("kind", "linear"))
       else:
         scale = _decode(tensors[f"{path}.scale"], s)
       zp = _decode(tensors[f"{path}.zero_point"], e["zero_point"]) if "zero_point" in e else None
