@@ -9,7 +9,7 @@ PYTEST_WORKERS ?= 2
 PYTHON312 ?= $(shell for c in "$$(command -v python3.12)" "$$(PYENV_VERSION=3.12.1 pyenv which python3.12 2>/dev/null)" /root/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do \
   [ -n "$$c" ] && [ -x "$$c" ] && "$$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && { echo "$$c"; break; }; done)
 
-.PHONY: venv assets test test-slow test-gpu test-all fuzz lint demo bench clean
+.PHONY: venv assets interop-venv test test-slow test-gpu test-all fuzz lint demo bench clean
 
 $(VENV)/.stamp: pyproject.toml Makefile
 	@if [ -z "$(PYTHON312)" ]; then echo "error: no Python 3.12 found. Install it (e.g. 'pyenv install 3.12') or pass PYTHON312=/path/to/python3.12." >&2; exit 2; fi
@@ -30,8 +30,21 @@ lint: venv
 test: venv assets lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not gpu"
 
-test-slow: venv assets
+test-slow: venv assets interop-venv
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "slow and not gpu"
+
+# The real Hugging Face readers for tests/interop (torch CPU, transformers, compressed-tensors), in a separate Python
+# 3.11 venv: jquant itself never imports torch. compressed-tensors is pinned to 0.15.0.1: 0.20 removed act-order
+# (actorder "group", weight_g_idx) and its meta-device compress gives asymmetric zero points the unpacked shape, so
+# transformers 5.25 cannot load asymmetric pack-quantized checkpoints with it.
+INTEROP_VENV ?= .venv-interop
+PYTHON311 ?= python3.11
+$(INTEROP_VENV)/.stamp: Makefile
+	@test -x $(INTEROP_VENV)/bin/python || $(PYTHON311) -m venv $(INTEROP_VENV)
+	$(INTEROP_VENV)/bin/pip install -q "torch==2.13.0" "transformers==5.25.0" "compressed-tensors==0.15.0.1" safetensors numpy
+	@touch $@
+
+interop-venv: $(INTEROP_VENV)/.stamp
 
 # GPU tests (Pallas kernels on the device, qdot dispatch): run on a machine whose jax backend is a GPU.
 test-gpu: venv
@@ -55,4 +68,4 @@ bench: venv
 	$(PY) benchmarks/quantize_params.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(INTEROP_VENV) .pytest_cache

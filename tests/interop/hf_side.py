@@ -60,7 +60,7 @@ def tokenize(d, text_path, out):
 def tiny_llama(out, seed, qwen=False):
   import transformers
   torch.manual_seed(int(seed))
-  kw = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+  kw = dict(vocab_size=96, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
   if qwen:
     m = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw))
@@ -86,48 +86,34 @@ def tiny_bert(out, seed):
 
 
 def ct_compress(src, out, scheme):
-  """Quantizes every Linear but lm_head with a compressed-tensors preset and saves it compressed."""
-  from compressed_tensors.compressors import ModelCompressor
-  from compressed_tensors.quantization import (QuantizationConfig, QuantizationStatus, apply_quantization_config,
-                                               preset_name_to_scheme)
-  from compressed_tensors.quantization.lifecycle.forward import quantize  # noqa
-  m, _ = _load(src)
-  qscheme = preset_name_to_scheme(scheme, ["Linear"])
-  qcfg = QuantizationConfig(config_groups={"group_0": qscheme}, ignore=["lm_head"])
-  apply_quantization_config(m, qcfg)
-  from compressed_tensors.quantization.utils import calculate_qparams  # noqa
-  _calibrate_weights(m)
-  qcfg.quantization_status = QuantizationStatus.FROZEN
-  compressor = ModelCompressor.from_pretrained_model(m, quantization_format=None)
-  m.save_pretrained(out, safe_serialization=True)
-  compressor.compress_model(m) if False else None
-  # save_pretrained with a compressor: compress the state dict and write config
-  import os
-  from safetensors.torch import save_file
-  sd = compressor.compress(m)
-  save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
-  compressor.update_config(out)
-
-
-def _calibrate_weights(m):
-  from compressed_tensors.quantization.utils import calculate_qparams
+  """compressed-tensors itself quantizes every Linear but lm_head (preset ``scheme``, min/max ranges) and saves the
+  model compressed (pack-quantized), as llm-compressor does."""
   import torch.nn as nn
-  for name, mod in m.named_modules():
-    if isinstance(mod, nn.Linear) and hasattr(mod, "quantization_scheme"):
+  from compressed_tensors.compressors import ModelCompressor
+  from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
+  from compressed_tensors.quantization.utils import calculate_qparams
+  m, _ = _load(src)
+  qcfg = QuantizationConfig(config_groups={"group_0": preset_name_to_scheme(scheme, ["Linear"])}, ignore=["lm_head"])
+  apply_quantization_config(m, qcfg)
+  with torch.no_grad():
+    for _, mod in m.named_modules():
+      if not (isinstance(mod, nn.Linear) and getattr(mod, "quantization_scheme", None) is not None):
+        continue
       args = mod.quantization_scheme.weights
       w = mod.weight.data
-      if args.strategy.value == "group":
-        g = args.group_size
-        wv = w.reshape(w.shape[0], -1, g)
+      if args.group_size and args.group_size > 0:
+        wv = w.reshape(w.shape[0], -1, args.group_size)
         mn, mx = wv.amin(-1), wv.amax(-1)
-      elif args.strategy.value == "channel":
-        mn, mx = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
       else:
-        mn, mx = w.amin().reshape(1), w.amax().reshape(1)
+        mn, mx = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
       scale, zp = calculate_qparams(mn, mx, args)
-      mod.weight_scale.data = scale.to(mod.weight_scale.dtype).reshape(mod.weight_scale.shape)
+      mod.weight_scale.data.copy_(scale.reshape(mod.weight_scale.shape).to(mod.weight_scale.dtype))
       if hasattr(mod, "weight_zero_point"):
-        mod.weight_zero_point.data = zp.to(mod.weight_zero_point.dtype).reshape(mod.weight_zero_point.shape)
+        mod.weight_zero_point.data.copy_(zp.reshape(mod.weight_zero_point.shape).to(mod.weight_zero_point.dtype))
+  compressor = ModelCompressor.from_pretrained_model(m, quantization_format="pack-quantized")
+  compressor.compress_model(m)
+  m.save_pretrained(out, safe_serialization=True)
+  compressor.update_config(out)
 
 
 if __name__ == "__main__":
