@@ -248,13 +248,14 @@ def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check
                          f"smallest normal {_F32_TINY:.3g} (flushed to 0 on CPU/GPU, giving NaN); e.g. "
                          f"{float(s64[bad].reshape(-1)[0])!r}. Clamp scales to >= "
                          f"{_F32_TINY:.3g} (all-zero tiles: use scale 1).")
-      stored = np.asarray(jnp.asarray(scale).astype(spec.scale_jnp_dtype).astype(jnp.float32), np.float64)
+      with np.errstate(over="ignore"):
+        stored = np.asarray(jnp.asarray(scale).astype(spec.scale_jnp_dtype).astype(jnp.float32), np.float64)
       bad = (s64 > ranges.MAX_SCALE) | ~np.isfinite(stored) | (stored <= 0)
       if bad.any():
         raise ValueError(f"quantize: {int(bad.sum())} scale entries cannot be stored and used: e.g. "
                          f"{float(s64[bad].reshape(-1)[0])!r} (scale_dtype={spec.scale_dtype!r}; usable float32 "
                          f"scales are <= {ranges.MAX_SCALE:.4g}, beyond that 1/scale flushes to 0). Rescale the "
-                         "values or use scale_dtype='float32'.")
+                         "values so that the scale fits, or store scales as float32 (scale_dtype='float32').")
     if spec.symmetric and zero_point is not None:
       raise ValueError("quantize: a symmetric spec takes no zero_point; pass zero_point=None or symmetric=False.")
     if not spec.symmetric and zero_point is None:

@@ -32,12 +32,13 @@ def scale_from_range(lo: jax.Array, hi: jax.Array, qtype: QType, symmetric: bool
   if symmetric:
     amax = jnp.abs(hi)
     denom = 1.0 if qtype.is_lut else qtype.qmax
-    scale = amax / denom
-    return jnp.where(scale == 0, 1.0, jnp.maximum(scale, F32_TINY)).astype(jnp.float32), None
+    scale = amax / denom     # may flush to 0 for a tiny amax: test the range, not the scale
+    return jnp.where(amax == 0, 1.0, jnp.maximum(scale, F32_TINY)).astype(jnp.float32), None
   lo = jnp.minimum(lo, 0.0)
   hi = jnp.maximum(hi, 0.0)
-  scale = (hi - lo) / (qtype.qmax - qtype.qmin)
-  scale = jnp.where(scale == 0, 1.0, jnp.maximum(scale, F32_TINY)).astype(jnp.float32)
+  width = hi - lo
+  scale = width / (qtype.qmax - qtype.qmin)
+  scale = jnp.where(width == 0, 1.0, jnp.maximum(scale, F32_TINY)).astype(jnp.float32)
   zp = jnp.clip(jnp.round(qtype.qmin - lo / scale), qtype.qmin, qtype.qmax)
   return scale, zp
 

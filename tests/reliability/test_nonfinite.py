@@ -57,8 +57,14 @@ def test_jit_quantize_keeps_nonfinite_in_its_tile(rng, name, bad):
   f = jax.jit(lambda a: jq.dequantize(jq.quantize(a, spec)))
   y, yb = np.asarray(f(x)), np.asarray(f(xb))
   tile = _tile_mask(spec, x.shape, idx)
-  if spec.double_quant:   # the double-quantized scales share a mean: the whole array is poisoned
-    tile = np.ones_like(tile)
+  if spec.double_quant:   # the scales are double-quantized in blocks: the bad tile's whole scale block is NaN
+    block = spec.granularity.block_shape(x.shape)
+    sshape = tuple(n // b for n, b in zip(x.shape, block))
+    flat = np.ravel_multi_index(tuple(i // b for i, b in zip(idx, block)), sshape)
+    lo = flat // spec.double_quant_block * spec.double_quant_block
+    sflat = np.arange(np.prod(sshape)).reshape(sshape)
+    in_block = (sflat >= lo) & (sflat < lo + spec.double_quant_block)
+    tile = np.repeat(np.repeat(in_block, block[0], 0), block[1], 1)
   assert not np.isfinite(yb[tile]).any(), "the tile holding a NaN/inf must dequantize to NaN"
   np.testing.assert_array_equal(yb[~tile], y[~tile])
 
