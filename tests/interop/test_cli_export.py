@@ -1,0 +1,50 @@
+"""CLI: ``--model PATH`` (an HF folder) in quantize/eval, ``export``, and ``eval`` of an exported HF folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jquant.cli import main
+from jquant.models import export_pretrained
+from tests.interop.helpers import tiny_llama
+
+pytestmark = pytest.mark.randomized
+
+
+def _ppl(capsys, *argv) -> float:
+  assert main(list(argv)) == 0
+  out = capsys.readouterr().out
+  return float(out.split("ppl ")[1].split()[0])
+
+
+def test_quantize_export_eval_an_hf_folder(rng, tmp_path, capsys):
+  m, p = tiny_llama(rng)
+  export_pretrained(m, p, tmp_path / "float", "float", bos_eos_ids=(None, None))
+  text = tmp_path / "t.txt"
+  text.write_text(" ".join(f"word{i % 37} and {i}" for i in range(600)), encoding="utf-8")
+  ppl_float = _ppl(capsys, "eval", "--model", str(tmp_path / "float"), "--text", str(text), "--windows", "1")
+  assert _ppl(capsys, "eval", str(tmp_path / "float"), "--text", str(text), "--windows", "1") == ppl_float
+  ck = tmp_path / "ck"
+  assert main(["quantize", "--model", str(tmp_path / "float"), "--method", "rtn", "--bits", "4", "--group-size", "16",
+               "--calib-text", str(text), "--calib-samples", "2", "--out", str(ck)]) == 0
+  assert json.loads((ck / "meta.json").read_text())["model"] == str((tmp_path / "float").resolve())
+  capsys.readouterr()
+  ppl_ck = _ppl(capsys, "eval", str(ck), "--text", str(text), "--windows", "1")
+  assert ppl_ck != ppl_float
+  for fmt in ("gptq", "compressed-tensors", "awq"):
+    assert main(["export", str(ck), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+    assert "linear layers" in capsys.readouterr().out
+    assert _ppl(capsys, "eval", str(tmp_path / fmt), "--text", str(text), "--windows", "1") == ppl_ck
+
+
+def test_export_errors(rng, tmp_path, capsys):
+  m, p = tiny_llama(rng)
+  export_pretrained(m, p, tmp_path / "float", "float", bos_eos_ids=(None, None))
+  assert main(["export", "--model", str(tmp_path / "float"), "--format", "gptq", "--out", str(tmp_path / "x")]) == 1
+  assert "no linear kernel is quantized" in capsys.readouterr().err
+  assert main(["export", str(tmp_path / "nothing"), "--format", "gptq", "--out", str(tmp_path / "y")]) == 1
+  assert "error:" in capsys.readouterr().err
+  assert main(["eval", "--model", str(tmp_path / "missing")]) == 1
+  assert "Hugging Face model folder" in capsys.readouterr().err
