@@ -165,9 +165,27 @@ def last_report() -> QuantReport | None:
 
 
 def dequantize_params(params: PyTree, dtype=None) -> PyTree:
-  """Replaces every `QArray` leaf by its dequantized array (original dtype unless ``dtype``)."""
-  return jax.tree.map(lambda x: dequantize(x, dtype) if isinstance(x, QArray) else x, params,
-                      is_leaf=lambda x: isinstance(x, QArray))
+  """Replaces every `QArray` leaf by its dequantized array (original dtype unless ``dtype``).
+
+  A linear's explicit ``input_scale`` (AWQ / SmoothQuant scales that could not be folded into a producer, stored
+  beside ``kernel``) is folded back into the float kernel and dropped, so the result is a plain float tree that the
+  unmodified model runs faithfully: ``(x * s) @ W == x @ (s[:, None] * W)``. ``input_scale`` is (K,) for an
+  (K, N) kernel (or (*batch, K) for stacked ones), or kernel-rank with ones on the output axes.
+  """
+  deq = jax.tree.map(lambda x: dequantize(x, dtype) if isinstance(x, QArray) else x, params,
+                     is_leaf=lambda x: isinstance(x, QArray))
+  return _fold_input_scales(deq)
+
+
+def _fold_input_scales(tree: PyTree) -> PyTree:
+  if not isinstance(tree, dict) and not (hasattr(tree, "items") and hasattr(tree, "keys")):
+    return tree
+  out = {k: _fold_input_scales(v) for k, v in tree.items()}
+  if "input_scale" in out and "kernel" in out and hasattr(out["kernel"], "ndim"):
+    w, s = out["kernel"], out.pop("input_scale")
+    s = s if s.ndim == w.ndim else s[..., None]
+    out["kernel"] = (w.astype(jnp.float32) * s.astype(jnp.float32)).astype(w.dtype)
+  return out if isinstance(tree, dict) else type(tree)(out)
 
 
 def params_nbytes(params: PyTree) -> int:

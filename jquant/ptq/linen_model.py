@@ -274,8 +274,6 @@ class LinenModel:
     _, _, paths, scanned = candidates[0]
     self.block_paths = paths
     self.scanned = scanned
-    if scanned:
-      self._make_scan_forward()
     self._check_chain(paths, first_calls, calls, scanned)
     rel = lambda bp: [p[len(_path_str(bp)) + 1:] for p in self._covered(bp)]
     self._groups = [[[q[len(_path_str(paths[0])) + 1:] for q in g] for g in self._grouped(self._covered(paths[0]))]]
@@ -356,10 +354,9 @@ class LinenModel:
     return self._groups[0]
 
   def embed(self, params, batch):
-    """Inputs of the first block: (hidden, ctx) with ctx the block's other array inputs."""
+    """Inputs of the first block: (hidden, ctx) with ctx the block's other array inputs. The forward stops at the
+    first block (its cost is the embedding only); jit-compatible."""
     target = self.block_paths[0]
-    if self.scanned:
-      return self._embed_scanned(params, batch)
 
     def interceptor(next_fun, args, kwargs, context):
       if context.method_name == "__call__" and tuple(context.module.path) == target:
@@ -371,41 +368,34 @@ class LinenModel:
       with nn.intercept_methods(interceptor):
         self._forward({"params": params}, batch)
     except _Stop as s:
-      return s.payload
+      return self._outer_values(s) if self.scanned else s.payload
     raise ValueError(f"quantize_model: block {_path_str(target)} was not called on this batch.")
 
-  def _embed_scanned(self, params, batch):
-    """A scanned block's first-layer inputs, read out of the scan by a host callback (one forward per batch)."""
-    box = self._scan_box
-    box.clear()
-    out = self._scan_forward(params, batch)
-    jax.block_until_ready(out)
-    jax.effects_barrier()
-    if "vals" not in box:
-      raise ValueError(f"quantize_model: scanned block {_path_str(self.block_paths[0])} was not called on this batch.")
-    vals = box["vals"]
-    return jnp.asarray(vals[0]), [jnp.asarray(v) for v in vals[1:]]
-
-  def _make_scan_forward(self):
-    target = self.block_paths[0]
-    box: dict[str, Any] = {}
-
-    def store(*vals):
-      if "vals" not in box:
-        box["vals"] = [np.asarray(v) for v in vals]
-
-    def interceptor(next_fun, args, kwargs, context):
-      if context.method_name == "__call__" and tuple(context.module.path) == target:
-        dyn, _ = self._split_ctx(args[1:], kwargs)
-        jax.debug.callback(store, args[0], *dyn, ordered=True)
-      return next_fun(*args, **kwargs)
-
-    def fwd(params, batch):
-      with nn.intercept_methods(interceptor):
-        return self._forward({"params": params}, batch)
-
-    self._scan_box = box
-    self._scan_forward = jax.jit(fwd)
+  def _outer_values(self, stop: _Stop):
+    """For an ``nn.scan``-ned block: the scan's own inputs (its initial carry, the broadcast arguments), read from
+    Flax's scan frame, since the body only sees per-iteration tracers."""
+    h, dyn = stop.payload
+    tb, frame_locals = stop.__traceback__, None
+    while tb is not None:
+      loc = tb.tb_frame.f_locals
+      if tb.tb_frame.f_code.co_name == "scan_fn" and "init" in loc and "args" in loc:
+        frame_locals = loc
+      tb = tb.tb_next
+    if frame_locals is None:
+      raise ValueError(f"quantize_model: could not read the inputs of the scanned block "
+                       f"{_path_str(self.block_paths[0])} (unknown Flax scan internals); unroll the layers or pass "
+                       "blocks=REGEX naming other modules.")
+    init_leaves = jax.tree.leaves(frame_locals["init"])
+    h_leaves, h_tree = jax.tree.flatten(h)
+    outer = init_leaves[len(init_leaves) - len(h_leaves):]
+    if [(x.shape, x.dtype) for x in outer] != [(x.shape, x.dtype) for x in h_leaves]:
+      raise ValueError(f"quantize_model: the carry of scanned block {_path_str(self.block_paths[0])} is not its "
+                       "first argument; pass blocks=REGEX or unroll the layers.")
+    arg_leaves = jax.tree.leaves(frame_locals["args"])
+    if any(not any(d is a for a in arg_leaves) for d in dyn):
+      raise ValueError(f"quantize_model: scanned block {_path_str(self.block_paths[0])} takes per-layer inputs "
+                       "(in_axes other than nn.broadcast); only broadcast extra inputs are supported.")
+    return jax.tree.unflatten(h_tree, outer), dyn
 
   def apply_block(self, i: int, block_params, hidden, ctx):
     args, kwargs = self._join_ctx(ctx)

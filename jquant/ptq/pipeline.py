@@ -40,7 +40,7 @@ from jquant.ptq.protocol import BlockwiseModel
 from jquant.ptq.report import LayerReport, PTQReport, output_sqnr_db, tree_nbytes
 from jquant.ptq.access import (copy_dicts, get_block, get_in, kernel_of, kernel_view, linear_leaves, put_block,
                                set_kernel)
-from jquant.ptq.scaling import scale_plan
+from jquant.ptq.scaling import apply_group_scales, scale_plan
 from jquant.solvers.awq import apply_clip, awq_clip, awq_scales
 from jquant.solvers.gptq import gptq
 from jquant.solvers.llm_int8 import llm_int8_prepare
@@ -302,7 +302,7 @@ def _fp_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entri
   fp_outs, stats = capture_block(model, i, fp_block, hs, ctxs, all_paths, block_name=name)
   plan = scale_plan(model, groups)
   t0 = time.perf_counter()
-  block = copy_dicts(fp_block)
+  block = copy_dicts(get_block(model, out, name))      # float until this block is done (holds earlier QArrays)
   in_div, out_div, extra = _scale_transform(method, plan, block, stats, groups, rel_keep, view_of)
   shared = (time.perf_counter() - t0) / max(len(all_paths), 1)
   bits = M.method_bits(method)
@@ -358,7 +358,7 @@ def _jit_embed(model):
 
 def _embed_all(model, params, batches) -> tuple[list, list, int]:
   hs, ctxs, tokens = [], [], 0
-  embed = model.embed if getattr(model, "scanned", False) else _jit_embed(model)
+  embed = _jit_embed(model)
   for b, batch in enumerate(batches):
     try:
       h, ctx = embed(params, batch)
