@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
   text = jeval.read_text(args.text) if args.text is not None else None
   t0 = time.perf_counter()
   if args.dir is not None:
-    name, model, params, _ = common.load_checkpoint(args.dir)
+    name, model, params, meta = common.load_checkpoint(args.dir)
   else:
     model, params = common.load_model(args.model)
     name = common.model_family(args.model)
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
   else:
     ref = None
     if args.dir is not None:   # compare the quantized encoder to the fp32 one
-      _, ref = common.load_model(name)
+      _, ref = common.load_model(meta.get("model", name))
     r = jeval.embedding_fidelity(model, params, ref_params=ref, text=text, n=args.paragraphs)
     lines = [f"mean_cos {r.mean_cos:.4f}", f"min_cos {r.min_cos:.4f}", f"top1_agree {r.top1_agree:.3f}",
              f"paragraphs {r.n}"]
