@@ -39,6 +39,15 @@ class QuantRule:
   batch_axes: tuple[int, ...] | None = None
 
   def __post_init__(self):
+    if not isinstance(self.pattern, str):
+      raise TypeError(f"QuantRule(pattern={self.pattern!r}): the pattern must be a regex string, e.g. r'.*/kernel'.")
+    ba = self.batch_axes
+    if ba is not None:
+      if isinstance(ba, (int, bool)) or not isinstance(ba, (tuple, list)) or not all(
+          isinstance(a, int) and not isinstance(a, bool) for a in ba):
+        raise TypeError(f"QuantRule({self.pattern!r}, batch_axes={ba!r}): batch_axes must be a tuple of int axes "
+                        "such as (0,), () or None.")
+      object.__setattr__(self, "batch_axes", tuple(ba))
     object.__setattr__(self, "_regex", _compile(self.pattern, "QuantRule"))
     if self.spec is not None and not isinstance(self.spec, QuantSpec):
       raise TypeError(f"QuantRule({self.pattern!r}): spec must be a jq.QuantSpec or None, got {self.spec!r}.")
@@ -60,6 +69,13 @@ class QuantConfig:
   skip: Sequence[str] = ()
 
   def __post_init__(self):
+    if isinstance(self.rules, QuantRule):
+      raise TypeError("QuantConfig(rules=QuantRule(...)): rules must be a list of QuantRule; write rules=[rule].")
+    if isinstance(self.skip, str):
+      raise TypeError(f"QuantConfig(skip={self.skip!r}): skip must be a list of regex strings; a bare string would "
+                      f"be read character by character. Write skip=[{self.skip!r}].")
+    if not all(isinstance(p, str) for p in self.skip):
+      raise TypeError(f"QuantConfig(skip={self.skip!r}): every skip pattern must be a regex string.")
     rules = tuple(self.rules)
     if not rules:
       raise ValueError("QuantConfig(rules=[]) has no rules, so nothing would be quantized; add at least one "
@@ -99,6 +115,10 @@ def spec_for_leaf(rule: QuantRule, ndim: int) -> tuple[QuantSpec, tuple[int, ...
   """The rule's spec adapted to a leaf of rank ``ndim`` (stacked weights get batch axes); returns (spec, batch)."""
   spec = rule.spec
   if rule.batch_axes is not None:
+    bad = [a for a in rule.batch_axes if not -ndim <= a < ndim]
+    if bad:
+      raise ValueError(f"QuantRule({rule.pattern!r}, batch_axes={rule.batch_axes}): axis {bad[0]} is out of range "
+                       f"for a leaf of rank {ndim}; use axes in [{-ndim}, {ndim - 1}].")
     batch = tuple(a % ndim for a in rule.batch_axes)
     return _with_batch(spec, batch, lift=0), batch
   if ndim <= 2:

@@ -19,6 +19,45 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence, Union
 
+import numpy as np
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_axis_arg(obj, name: str) -> None:
+  v = getattr(obj, name)
+  if not _is_int(v):
+    raise TypeError(f"{type(obj).__name__}({name}={v!r}): {name} must be an int axis such as -1 or 0, got "
+                    f"{type(v).__name__}; pass e.g. {type(obj).__name__}({name}=-1).")
+  object.__setattr__(obj, name, int(v))
+
+
+def _check_batch_axes_arg(obj) -> None:
+  ba = obj.batch_axes
+  if _is_int(ba):
+    raise TypeError(f"{type(obj).__name__}(batch_axes={ba!r}): batch_axes must be a tuple of ints; write "
+                    f"batch_axes=({ba},).")
+  if not isinstance(ba, (tuple, list)) or not all(_is_int(a) for a in ba):
+    raise TypeError(f"{type(obj).__name__}(batch_axes={ba!r}): batch_axes must be a tuple of int axes, e.g. (0,).")
+  ba = tuple(int(a) for a in ba)
+  if len(set(ba)) != len(ba):
+    raise ValueError(f"{type(obj).__name__}(batch_axes={ba!r}) lists an axis twice; give each batch axis once.")
+  object.__setattr__(obj, "batch_axes", ba)
+
+
+def _check_shape(shape: Sequence[int], what: str) -> None:
+  if any(n == 0 for n in shape):
+    raise ValueError(f"{what}: the array of shape {tuple(shape)} has no elements (an axis of length 0); there is "
+                     "nothing to quantize. Skip empty arrays (e.g. with a QuantConfig skip pattern).")
+
+
+def _no_overlap(axis: int, batch: tuple[int, ...], obj) -> None:
+  if axis in batch:
+    raise ValueError(f"{obj!r}: axis {obj.axis} is also a batch axis; the scale axis and the batch axes must "
+                     "differ (batch axes already get one scale per index).")
+
 
 def _norm_axis(axis: int, ndim: int, what: str) -> int:
   if not -ndim <= axis < ndim:
@@ -37,7 +76,11 @@ class PerTensor:
 
   batch_axes: tuple[int, ...] = ()
 
+  def __post_init__(self):
+    _check_batch_axes_arg(self)
+
   def block_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+    _check_shape(shape, repr(self))
     batch = _norm_axes(self.batch_axes, len(shape), repr(self))
     return tuple(1 if i in batch else n for i, n in enumerate(shape))
 
@@ -49,8 +92,15 @@ class PerChannel:
   axis: int = -1
   batch_axes: tuple[int, ...] = ()
 
+  def __post_init__(self):
+    _check_axis_arg(self, "axis")
+    _check_batch_axes_arg(self)
+
   def block_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
-    keep = (_norm_axis(self.axis, len(shape), repr(self)),) + _norm_axes(self.batch_axes, len(shape), repr(self))
+    _check_shape(shape, repr(self))
+    ax, batch = _norm_axis(self.axis, len(shape), repr(self)), _norm_axes(self.batch_axes, len(shape), repr(self))
+    _no_overlap(ax, batch, self)
+    keep = (ax,) + batch
     return tuple(1 if i in keep else n for i, n in enumerate(shape))
 
 
@@ -63,11 +113,19 @@ class PerGroup:
   batch_axes: tuple[int, ...] = ()
 
   def __post_init__(self):
-    if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+    if not _is_int(self.size):
+      raise TypeError(f"PerGroup(size={self.size!r}): size must be an int such as 32, 64 or 128, got "
+                      f"{type(self.size).__name__}.")
+    if self.size < 1:
       raise ValueError(f"PerGroup(size={self.size!r}): size must be a positive int such as 32, 64 or 128.")
+    object.__setattr__(self, "size", int(self.size))
+    _check_axis_arg(self, "axis")
+    _check_batch_axes_arg(self)
 
   def block_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+    _check_shape(shape, repr(self))
     ax = _norm_axis(self.axis, len(shape), repr(self))
+    _no_overlap(ax, _norm_axes(self.batch_axes, len(shape), repr(self)), self)
     if shape[ax] % self.size:
       raise ValueError(
           f"PerGroup(axis={self.axis}, size={self.size}) needs axis {self.axis} (length {shape[ax]}) to be a "
@@ -83,6 +141,7 @@ class PerToken:
   def block_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
     if len(shape) < 1:
       raise ValueError("PerToken() needs an array of rank >= 1 shaped (..., features); got a scalar.")
+    _check_shape(shape, repr(self))
     return (1,) * (len(shape) - 1) + (shape[-1],)
 
 
@@ -93,10 +152,14 @@ class PerBlock:
   shape: tuple[int, ...] = (128, 128)
 
   def __post_init__(self):
-    if not self.shape or any((not isinstance(b, int)) or b < 1 for b in self.shape):
-      raise ValueError(f"PerBlock(shape={self.shape!r}): shape must be a non-empty tuple of positive ints.")
+    if not isinstance(self.shape, (tuple, list)) or not self.shape or any((not _is_int(b)) or b < 1
+                                                                          for b in self.shape):
+      raise ValueError(f"PerBlock(shape={self.shape!r}): shape must be a non-empty tuple of positive ints, "
+                       "e.g. (128, 128).")
+    object.__setattr__(self, "shape", tuple(int(b) for b in self.shape))
 
   def block_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+    _check_shape(shape, repr(self))
     if len(self.shape) > len(shape):
       raise ValueError(f"PerBlock(shape={self.shape}) has more axes than the array of shape {tuple(shape)}.")
     lead = len(shape) - len(self.shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 
 from jquant.core import calibration_methods as cm
 from jquant.core import granularity as gr
@@ -49,6 +50,18 @@ class QuantSpec:
     if not isinstance(self.granularity, gr.GRANULARITIES):
       raise TypeError(f"QuantSpec(granularity={self.granularity!r}): expected one of "
                       "jq.PerTensor(), jq.PerChannel(axis), jq.PerGroup(axis, size), jq.PerToken(), jq.PerBlock(shape).")
+    for name in ("symmetric", "stochastic_rounding", "double_quant"):
+      v = getattr(self, name)
+      if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"QuantSpec({name}={v!r}): {name} must be True or False, got {type(v).__name__} (a string "
+                        f"such as 'no' is truthy and would be silently read as True).")
+      object.__setattr__(self, name, bool(v))
+    b = self.double_quant_block
+    if not isinstance(b, (int, np.integer)) or isinstance(b, (bool, np.bool_)):
+      raise TypeError(f"QuantSpec(double_quant_block={b!r}) must be an int such as 256, got {type(b).__name__}.")
+    object.__setattr__(self, "double_quant_block", int(b))
+    if not isinstance(self.scale_dtype, str):
+      raise TypeError(f"QuantSpec(scale_dtype={self.scale_dtype!r}) must be one of the strings {_SCALE_DTYPES}.")
     if self.calibration is None:
       object.__setattr__(self, "calibration", cm.AbsMax() if self.symmetric else cm.MinMax())
     if not isinstance(self.calibration, cm.CALIBRATION_METHODS):

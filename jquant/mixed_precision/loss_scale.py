@@ -9,7 +9,8 @@ Every field of every loss scale is an array leaf (none is static metadata): a
 checkpoint that stores the leaves therefore restores the whole configuration
 (``min_scale``, ``period``, ``factor`` included), ``jax.jit`` round trips keep
 all of it, and changing a hyperparameter never triggers a recompile. The
-flattening is derived from the fields by ``jax.tree_util.register_dataclass``.
+flattening follows the fields (``_register``); rebuilding a pytree skips the argument checks, which run when a
+user constructs a loss scale (Python numbers, NumPy values and concrete jax arrays alike).
 
 The value field is called ``scale`` (``DynamicLossScale(scale=2.0**15)``), so
 the tree methods are ``scale_tree``/``unscale_tree`` (jmp's ``scale``/``unscale``).
@@ -83,29 +84,62 @@ def _apply(tree: Any, factor: jax.Array, divide: bool) -> Any:
   return jax.tree.map(f, tree)
 
 
-def _set_array(obj: Any, name: str, dtype: Any, check) -> None:
-  """Converts a concrete Python/NumPy number field to a jax array after validating it.
+def _register(cls):
+  """Registers a frozen dataclass as a pytree whose fields are all leaves (in field order, with attribute keys).
 
-  Leaves that are already jax arrays, tracers or pytree placeholders (JAX rebuilds
-  dataclass pytrees with arbitrary leaves) are left as they are and not checked.
+  Unflattening bypasses ``__init__``: JAX rebuilds the object with whatever leaves it carries (tracers, jit outputs,
+  placeholders, ``zeros_like`` trees), so the argument checks of ``__post_init__`` run only when a user constructs
+  the object -- and then they also check concrete jax arrays, without a device sync on every jit step.
+  """
+  names = tuple(f.name for f in dataclasses.fields(cls))
+
+  def flatten_with_keys(obj):
+    return [(jax.tree_util.GetAttrKey(n), getattr(obj, n)) for n in names], None
+
+  def flatten(obj):
+    return [getattr(obj, n) for n in names], None
+
+  def unflatten(_, children):
+    obj = object.__new__(cls)
+    for n, v in zip(names, children):
+      object.__setattr__(obj, n, v)
+    return obj
+
+  jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+  return cls
+
+
+def _set_array(obj: Any, name: str, dtype: Any, check) -> None:
+  """Validates a number field (Python, NumPy or a concrete jax array) and stores it as a jax array of ``dtype``.
+
+  Tracers (construction inside jit) are left as they are: their values are unknown.
   """
   value = getattr(obj, name)
+  if isinstance(value, jax.core.Tracer):
+    return
+  if isinstance(value, jax.Array):
+    value = np.asarray(jax.device_get(value))   # a concrete array: validated like the number it holds
   if isinstance(value, bool) or (isinstance(value, (np.ndarray, np.generic)) and value.dtype == np.bool_):
     raise TypeError(f"{type(obj).__name__}.{name} must be a number, got {value!r}.")
-  if isinstance(value, (numbers.Number, np.ndarray, np.generic)):
-    arr = np.asarray(value)
-    if arr.shape != ():
-      raise ValueError(f"{type(obj).__name__}.{name} must be a scalar, got shape {arr.shape}.")
-    if message := check(float(arr)):
-      raise ValueError(f"{type(obj).__name__}.{name}={value!r}: {message}")
-    object.__setattr__(obj, name, jnp.asarray(arr, dtype))
+  if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind not in "iuf":
+    raise TypeError(f"{type(obj).__name__}.{name} must be a real number, got dtype {value.dtype}.")
+  if not isinstance(value, (numbers.Number, np.ndarray, np.generic)):
+    raise TypeError(f"{type(obj).__name__}.{name} must be a number or a scalar array, got {type(value).__name__}.")
+  if isinstance(value, numbers.Number) and not isinstance(value, numbers.Real):
+    raise TypeError(f"{type(obj).__name__}.{name} must be a real number, got {value!r}.")
+  arr = np.asarray(value)
+  if arr.shape != ():
+    raise ValueError(f"{type(obj).__name__}.{name} must be a scalar, got shape {arr.shape}.")
+  if message := check(float(arr)):
+    raise ValueError(f"{type(obj).__name__}.{name}={arr.item()!r}: {message}")
+  object.__setattr__(obj, name, jnp.asarray(arr, dtype))
 
 
 def _positive_finite(v: float) -> str | None:
   return None if np.isfinite(v) and v > 0 else "must be a finite number > 0."
 
 
-@jax.tree_util.register_dataclass
+@_register
 @dataclasses.dataclass(frozen=True)
 class NoOpLossScale:
   """No loss scaling: ``scale``/``unscale`` are the identity (e.g. for float32 or bfloat16)."""
@@ -126,7 +160,7 @@ class NoOpLossScale:
     return self
 
 
-@jax.tree_util.register_dataclass
+@_register
 @dataclasses.dataclass(frozen=True)
 class StaticLossScale:
   """A fixed loss scale.
@@ -158,7 +192,7 @@ class StaticLossScale:
     return self
 
 
-@jax.tree_util.register_dataclass
+@_register
 @dataclasses.dataclass(frozen=True)
 class DynamicLossScale:
   """A loss scale that halves on overflow and doubles after ``period`` finite steps.
