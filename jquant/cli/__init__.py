@@ -40,5 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     return int(args._run(args) or 0)
   except (ValueError, TypeError, RuntimeError, OSError, NotImplementedError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {_one_line(str(e))}", file=sys.stderr)
     return 1
+  except Exception as e:  # pylint: disable=broad-except  # still one line and exit 1, never a traceback
+    print(f"error: unexpected {type(e).__name__}: {_one_line(str(e))} (please report this)", file=sys.stderr)
+    return 1
+
+
+def _one_line(msg: str) -> str:
+  return " ".join(msg.split()) or "(no message)"

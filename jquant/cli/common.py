@@ -121,12 +121,48 @@ def evaluate(name: str, model, params, *, text: str | None = None, windows: int 
 params_nbytes = jq.params.params_nbytes
 
 
-def save_checkpoint(out: str | Path, params, meta: dict[str, Any]) -> Path:
+def check_output_dir(out: str | Path, *, overwrite: bool = False) -> None:
+  """ValueError if ``out`` is a non-empty folder (without ``overwrite``) or a file; run before any work."""
+  from jquant.io.atomic import check_output_dir as _check  # pylint: disable=import-outside-toplevel
+  _check(out, overwrite=overwrite)
+
+
+def save_checkpoint(out: str | Path, params, meta: dict[str, Any], *, overwrite: bool = False,
+                    files: dict[str, str] | None = None) -> Path:
+  """Writes params.safetensors, meta.json (and ``files``: name -> text) as one atomic folder: written beside
+  ``out`` and renamed into place, so a failure leaves no partial checkpoint and ``overwrite`` leaves no stale files.
+  """
+  from jquant.io.atomic import atomic_directory  # pylint: disable=import-outside-toplevel
   out = Path(out)
-  out.mkdir(parents=True, exist_ok=True)
-  jq.io.save_safetensors(out / "params.safetensors", params)
-  (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+  with atomic_directory(out, overwrite=overwrite) as tmp:
+    jq.io.save_safetensors(tmp / "params.safetensors", params)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    for name, text in (files or {}).items():
+      (tmp / name).write_text(text)
   return out
+
+
+_META_KEYS = {"model": str, "method": str, "bits": int}
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+  """meta.json of a checkpoint folder, validated; ValueError naming the file for invalid JSON or missing keys."""
+  f = path / "meta.json"
+  try:
+    meta = json.loads(f.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{f}: invalid JSON ({e}); the checkpoint folder is damaged, re-run quantize.") from None
+  except UnicodeDecodeError:
+    raise ValueError(f"{f}: not UTF-8 text; the checkpoint folder is damaged, re-run quantize.") from None
+  if not isinstance(meta, dict):
+    raise ValueError(f"{f}: expected a JSON object with {sorted(_META_KEYS)}, got {type(meta).__name__}.")
+  for key, typ in _META_KEYS.items():
+    if key not in meta:
+      raise ValueError(f"{f}: missing key {key!r} (expected {sorted(_META_KEYS)}); the checkpoint folder is damaged "
+                       "or was not written by `python -m jquant quantize`.")
+    if not isinstance(meta[key], typ) or isinstance(meta[key], bool):
+      raise ValueError(f"{f}: {key!r} must be a {typ.__name__}, got {meta[key]!r}.")
+  return meta
 
 
 def load_checkpoint(path: str | Path):
@@ -140,7 +176,7 @@ def load_checkpoint(path: str | Path):
   if not (path / "meta.json").is_file() or not (path / "params.safetensors").is_file():
     raise ValueError(f"{path} is not a jquant checkpoint folder (needs meta.json and params.safetensors, as "
                      "written by `python -m jquant quantize ... --out DIR`).")
-  meta = json.loads((path / "meta.json").read_text())
+  meta = read_meta(path)
   method = build_method(meta["method"], meta["bits"], meta.get("group_size"), meta.get("act_order", False))
   model, _ = load_model(meta["model"], matmul=getattr(method, "matmul", None))
   params = jq.io.load_safetensors(path / "params.safetensors")

@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
   if wanted is not None and not wanted <= set(common.METHODS):
     raise ValueError(f"--methods {args.methods!r}: unknown {sorted(wanted - set(common.METHODS))}; "
                      f"choose from {common.METHODS}.")
+  if args.calib_samples is not None and args.calib_samples < 1:
+    raise ValueError(f"--calib-samples {args.calib_samples}: calibration needs at least 1 sample; omit the flag for "
+                     "the demo default.")
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   common.log(f"loading {name}")

@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--calib-text", default=None, metavar="PATH", help="calibration text (default: other plays)")
   parser.add_argument("--calib-samples", type=int, default=None,
                       help="calibration windows (smollm2, default 32) or paragraphs (minilm, default 256)")
-  parser.add_argument("--out", required=True, metavar="DIR")
+  parser.add_argument("--out", required=True, metavar="DIR",
+                      help="checkpoint folder to write (must be empty or absent unless --overwrite)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace a non-empty --out folder as a whole (no stale files from the old checkpoint)")
 
 
 def quantize_real(model_name: str, method_name: str, bits: int, group_size: int | None, act_order: bool = False,
@@ -49,10 +52,21 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
   return model, params, qparams, report, meta
 
 
+def check_args(args: argparse.Namespace) -> None:
+  """Argument checks that need no model: run before any work (loading, calibration)."""
+  common.check_output_dir(args.out, overwrite=getattr(args, "overwrite", False))
+  if args.calib_samples is not None and args.calib_samples < 1:
+    raise ValueError(f"--calib-samples {args.calib_samples}: calibration needs at least 1 sample; omit the flag for "
+                     "the default (smollm2: 32 windows, minilm: 256 paragraphs).")
+  if args.calib_text is not None and not Path(args.calib_text).is_file():
+    raise ValueError(f"--calib-text {args.calib_text!r} is not a file; give a UTF-8 text file.")
+
+
 def run(args: argparse.Namespace) -> int:
+  check_args(args)
   _, _, qparams, report, meta = quantize_real(args.model, args.method, args.bits, args.group_size, args.act_order,
                                               args.calib_text, args.calib_samples, grid=args.grid)
-  out = common.save_checkpoint(args.out, qparams, meta)
-  (out / "report.txt").write_text(str(report))
+  out = common.save_checkpoint(args.out, qparams, meta, overwrite=args.overwrite,
+                               files={"report.txt": str(report)})
   print(f"saved {out} ({common.params_nbytes(qparams) / 2**20:.1f} MiB, {meta['quantize_seconds']:.1f} s)")
   return 0
