@@ -234,7 +234,8 @@ def load_hf(path: str | Path, dtype: str = "float32") -> HFModel:
     if got is not None:
       kernel, notes[module] = got
       if p is not None:
-        kernel = dataclasses.replace(kernel, qvalue=kernel.qvalue[:, p], scale=kernel.scale[:, p],
+        kernel = dataclasses.replace(kernel, qvalue=kernel.qvalue[:, p],
+                                     scale=kernel.scale[:, p] if kernel.scale.shape[1] == n else kernel.scale,
                                      zero_point=None if kernel.zero_point is None else kernel.zero_point[:, p])
     else:
       kernel = r.get(f"{module}.weight", (n, k)).astype(np.float32).T

@@ -2,6 +2,7 @@
 transformers and compressed-tensors. Never imported by jquant or by pytest itself.
 
     python hf_side.py logits HF_DIR IDS.npy OUT.npy          # AutoModelForCausalLM / AutoModel outputs
+    python hf_side.py weights HF_DIR OUT.npz                 # float weights of every Linear after loading
     python hf_side.py tokenize HF_DIR TEXT_FILE OUT.npy       # AutoTokenizer ids (no special tokens)
     python hf_side.py nll HF_DIR IDS.npy OUT.npy              # summed next-token NLL per window (float64)
     python hf_side.py tiny_llama OUT_DIR SEED [qwen]          # a random tiny Llama saved by transformers
@@ -49,6 +50,13 @@ def nll(d, ids_path, out):
       lp = torch.log_softmax(lg[:-1], -1)
       tot.append(float(-lp.gather(1, row[1:, None]).sum()))
   np.save(out, np.array(tot, np.float64))
+
+
+def weights(d, out):
+  """float32 weight of every nn.Linear after transformers loaded (and decompressed) the folder."""
+  import torch.nn as nn
+  m, _ = _load(d)
+  np.savez(out, **{n: mod.weight.detach().float().numpy() for n, mod in m.named_modules() if isinstance(mod, nn.Linear)})
 
 
 def tokenize(d, text_path, out):
@@ -104,13 +112,16 @@ def ct_compress(src, out, scheme):
       if args.group_size and args.group_size > 0:
         wv = w.reshape(w.shape[0], -1, args.group_size)
         mn, mx = wv.amin(-1), wv.amax(-1)
+      elif str(getattr(args.strategy, "value", args.strategy)) == "tensor":
+        mn, mx = w.amin().reshape(1), w.amax().reshape(1)
       else:
         mn, mx = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
       scale, zp = calculate_qparams(mn, mx, args)
       mod.weight_scale.data.copy_(scale.reshape(mod.weight_scale.shape).to(mod.weight_scale.dtype))
       if hasattr(mod, "weight_zero_point"):
         mod.weight_zero_point.data.copy_(zp.reshape(mod.weight_zero_point.shape).to(mod.weight_zero_point.dtype))
-  compressor = ModelCompressor.from_pretrained_model(m, quantization_format="pack-quantized")
+  fmt = "float-quantized" if scheme.startswith("FP8") else "int-quantized" if scheme == "W8A8" else "pack-quantized"
+  compressor = ModelCompressor.from_pretrained_model(m, quantization_format=fmt)
   compressor.compress_model(m)
   m.save_pretrained(out, safe_serialization=True)
   compressor.update_config(out)
@@ -118,5 +129,5 @@ def ct_compress(src, out, scheme):
 
 if __name__ == "__main__":
   cmd, *rest = sys.argv[1:]
-  {"logits": logits, "nll": nll, "tokenize": tokenize, "tiny_llama": tiny_llama, "tiny_bert": tiny_bert,
+  {"logits": logits, "nll": nll, "weights": weights, "tokenize": tokenize, "tiny_llama": tiny_llama, "tiny_bert": tiny_bert,
    "ct_compress": ct_compress}[cmd](*rest)

@@ -188,3 +188,47 @@ def test_bad_quantized_tensor_names_file_and_tensor(rng, tmp_path):
   with pytest.raises(ValueError, match=r"model.safetensors: model.layers.0.self_attn.o_proj: tensor 'weight_scale' "
                                        r"is float32 \(32, 1\).*\(32, 2\)"):
     load_hf(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["int8_channel", "fp8_tensor", "fp8_channel"])
+def test_ct_int_and_float_quantized_written_by_hand(rng, float_dir, kind):
+  """compressed-tensors naive layouts from the format description: ``weight`` int8 / float8_e4m3fn (N, K),
+  ``weight_scale`` (N, 1) or (1,); dequantized kernel = (weight * scale).T."""
+  import ml_dtypes
+  cfg = json.loads((float_dir / "config.json").read_text())
+  st = SafetensorsDir(float_dir)
+  tensors = {k: st.get(k) for k in st.keys()}
+  expect = {}
+  for k in list(tensors):
+    if ".layers." not in k or not k.endswith("proj.weight"):
+      continue
+    n, kk = tensors[k].shape
+    if kind == "int8_channel":
+      w = rng.integers(-127, 128, (n, kk)).astype(np.int8)
+      s = (rng.random((n, 1)) + 0.5).astype(np.float32)
+    else:
+      w = rng.standard_normal((n, kk)).astype(ml_dtypes.float8_e4m3fn)
+      s = (rng.random((n, 1) if kind == "fp8_channel" else (1,)) + 0.5).astype(np.float32)
+    tensors[k] = w
+    tensors[k.replace(".weight", ".weight_scale")] = s
+    expect[k] = (w.astype(np.float32) * s.reshape(-1, 1) if s.ndim == 2 else w.astype(np.float32) * s[0]).T
+  write_safetensors(float_dir / "model.safetensors", tensors)
+  typ, strategy = ("int", "channel") if kind == "int8_channel" else ("float", kind.split("_")[1])
+  cfg["quantization_config"] = {
+      "quant_method": "compressed-tensors", "format": "int-quantized" if typ == "int" else "float-quantized",
+      "quantization_status": "compressed", "ignore": ["lm_head"],
+      "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": typ, "symmetric": True,
+                                                                      "strategy": strategy, "dynamic": False},
+                                    "input_activations": {"num_bits": 8, "type": typ, "strategy": "token",
+                                                          "dynamic": True, "symmetric": True}}}}
+  (float_dir / "config.json").write_text(json.dumps(cfg))
+  hf = load_hf(float_dir)
+  import jquant as jq
+  from jquant.interop.hf_config import qk_perm
+  for k, want in expect.items():
+    parts = k.split(".")
+    qa = hf.params[f"layers_{parts[2]}"][parts[3]][parts[4]]["kernel"]
+    assert isinstance(qa, jq.QArray) and qa.qtype == (jq.INT8 if typ == "int" else jq.FP8_E4M3)
+    if parts[4] in ("q_proj", "k_proj"):
+      want = want[:, qk_perm(4 if parts[4] == "q_proj" else 2, 8)]
+    np.testing.assert_array_equal(np.asarray(jq.dequantize(qa, jnp.float32)), want)

@@ -87,6 +87,27 @@ def test_checkpoint_written_by_compressed_tensors_loads_with_same_outputs(tmp_pa
   assert abs(math.exp(ours / n) / math.exp(theirs / n) - 1) < 0.003
 
 
+@pytest.mark.parametrize("scheme", ["W8A8", "FP8", "FP8_DYNAMIC"])
+def test_int_and_float_quantized_written_by_compressed_tensors(tmp_path, scheme):
+  """int-quantized (W8A8) and float-quantized (FP8, tensor / channel) checkpoints written by compressed-tensors: our
+  QArray kernels dequantize to exactly the weights transformers decompresses (activation quantization is not
+  applied by jquant's import; the weights are what is compared)."""
+  import jquant as jq
+  hf("tiny_llama", tmp_path / "float", 6)
+  hf("ct_compress", tmp_path / "float", tmp_path / "ct", scheme)
+  model, params = from_pretrained(tmp_path / "ct")
+  want = "int-quantized" if scheme == "W8A8" else "float-quantized"
+  assert all(want in v for k, v in model.hf_notes.items() if k != "lm_head")
+  hf("weights", tmp_path / "ct", tmp_path / "w.npz")
+  ref = np.load(tmp_path / "w.npz")
+  for i in range(2):
+    for m in ("mlp.up_proj", "mlp.down_proj", "self_attn.v_proj", "self_attn.o_proj"):
+      qa = params[f"layers_{i}"][m.split(".")[0]][m.split(".")[1]]["kernel"]
+      assert isinstance(qa, jq.QArray)
+      np.testing.assert_allclose(np.asarray(jq.dequantize(qa, jnp.float32)).T, ref[f"model.layers.{i}.{m}"],
+                                 rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("fmt,spec", [("compressed-tensors", "uint4_act"), ("compressed-tensors", "int8")])
 def test_jquant_export_loads_in_transformers(rng, tmp_path, fmt, spec):
   import jquant as jq
