@@ -378,6 +378,10 @@ def _embed_all(model, params, batches) -> tuple[list, list, int]:
 def _generic_model(model, params, batches, blocks, apply_fn):
   """A `LinenModel` for a user's Flax module (nnx modules are wrapped first)."""
   from jquant.ptq.linen_model import LinenModel  # pylint: disable=import-outside-toplevel
+  if not _is_flax_module(model):
+    raise TypeError(f"quantize_model: model {type(model).__name__} is neither a flax.linen.Module nor a "
+                    "flax.nnx.Module and does not implement jquant.ptq.BlockwiseModel (block_names, embed, "
+                    "apply_block, linear_groups).")
   if not hasattr(params, "keys"):
     raise TypeError(f"quantize_model: params must be the model's Flax 'params' dict, got {type(params).__name__}.")
   if "params" in params and len(params) == 1:

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 import jquant as jq
-from jquant.ptq import scaling
+from jquant.ptq import access
 from tests.ptq import helpers as H
 
 
@@ -32,12 +32,12 @@ def test_calibration_that_is_not_a_list_of_batches(tiny):
 
 def test_nan_activations_are_named(tiny):
   model, params, batches = tiny
-  bad = scaling.copy_dicts(params)
+  bad = access.copy_dicts(params)
   bad["layers_0"]["self_attn"]["o_proj"]["kernel"] = params["layers_0"]["self_attn"]["o_proj"]["kernel"].at[0, 0].set(
       jnp.nan)
   with pytest.raises(ValueError, match="NaN/inf inputs to linear layers_0/mlp"):
     jq.ptq.quantize_model(model, bad, batches, jq.ptq.LLMInt8(), progress=False)
-  emb = scaling.copy_dicts(params)
+  emb = access.copy_dicts(params)
   emb["embed_tokens"]["embedding"] = jnp.full_like(params["embed_tokens"]["embedding"], jnp.inf)
   with pytest.raises(ValueError, match="embedding of calibration batch 0"):
     jq.ptq.quantize_model(model, emb, batches, jq.ptq.RTN(H.spec()), progress=False)
