@@ -55,7 +55,9 @@ def nll(d, ids_path, out):
 def weights(d, out):
   """float32 weight of every nn.Linear after transformers loaded (and decompressed) the folder."""
   import torch.nn as nn
-  m, _ = _load(d)
+  import transformers
+  m = transformers.AutoModelForCausalLM.from_pretrained(
+      d, dtype=torch.float32, quantization_config=transformers.CompressedTensorsConfig(run_compressed=False))
   np.savez(out, **{n: mod.weight.detach().float().numpy() for n, mod in m.named_modules() if isinstance(mod, nn.Linear)})
 
 
