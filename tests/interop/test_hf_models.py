@@ -232,3 +232,22 @@ def test_ct_int_and_float_quantized_written_by_hand(rng, float_dir, kind):
     if parts[4] in ("q_proj", "k_proj"):
       want = want[:, qk_perm(4 if parts[4] == "q_proj" else 2, 8)]
     np.testing.assert_array_equal(np.asarray(jq.dequantize(qa, jnp.float32)), want)
+
+
+def test_sharded_checkpoint_with_index(rng, tmp_path):
+  m, p = tiny_llama(rng)
+  qp = quantize_kernels(p, rng, _uint4, act_order=True)
+  export_pretrained(m, qp, tmp_path, "compressed-tensors", bos_eos_ids=(None, None))
+  st = SafetensorsDir(tmp_path)
+  names = sorted(st.keys())
+  shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+  for f, ks in shards.items():
+    write_safetensors(tmp_path / f, {k: st.get(k) for k in ks})
+  (tmp_path / "model.safetensors").unlink()
+  (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+      {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}))
+  _, p2 = from_pretrained(tmp_path)
+  leaves_equal(qp, p2)
+  (tmp_path / "model-00002-of-00002.safetensors").unlink()
+  with pytest.raises(ValueError, match="names shard model-00002-of-00002.safetensors, which is missing"):
+    from_pretrained(tmp_path)
