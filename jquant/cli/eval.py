@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
     model, params = common.load_model(args.model)
     name = common.model_family(args.model)
   if name == "smollm2" and args.kv_cache is not None:
+    cfg = model.config
+    if not cfg.tie_embeddings or cfg.qkv_bias or cfg.o_bias:
+      raise ValueError("--kv-cache supports tied-embedding Llama models without attention biases (the SmolLM2 "
+                       "shape); this model has an untied head or q/k/v/o biases. Evaluate it without --kv-cache.")
     from jquant import inference  # pylint: disable=import-outside-toplevel
     r = inference.cached_perplexity(model, params, inference.KVCacheConfig(args.kv_cache), text=text,
                                     windows=args.windows, seq_len=512, matmul=model.matmul)

@@ -48,3 +48,10 @@ def test_export_errors(rng, tmp_path, capsys):
   assert "error:" in capsys.readouterr().err
   assert main(["eval", "--model", str(tmp_path / "missing")]) == 1
   assert "Hugging Face model folder" in capsys.readouterr().err
+
+
+def test_kv_cache_eval_refuses_biases_and_untied_heads(rng, tmp_path, capsys):
+  m, p = tiny_llama(rng, tie_embeddings=False, qkv_bias=True)
+  export_pretrained(m, p, tmp_path / "hf", "float", bos_eos_ids=(None, None))
+  assert main(["eval", str(tmp_path / "hf"), "--kv-cache", "int8"]) == 1
+  assert "without --kv-cache" in capsys.readouterr().err
