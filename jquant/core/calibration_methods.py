@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Union
 
+from jquant.core.checks import int_scalar, real_scalar
+
 
 @dataclasses.dataclass(frozen=True)
 class AbsMax:
@@ -28,7 +30,8 @@ class Percentile:
   q: float = 99.99
 
   def __post_init__(self):
-    if not 50.0 < float(self.q) <= 100.0:
+    object.__setattr__(self, "q", real_scalar(self.q, f"Percentile(q={self.q!r})"))
+    if not 50.0 < self.q <= 100.0:
       raise ValueError(f"Percentile(q={self.q}) must be in (50, 100], e.g. 99.9 or 99.99.")
 
 
@@ -43,7 +46,9 @@ class MSE:
   min_ratio: float = 0.05
 
   def __post_init__(self):
-    if int(self.grid) < 2:
+    object.__setattr__(self, "grid", int_scalar(self.grid, f"MSE(grid={self.grid!r})"))
+    object.__setattr__(self, "min_ratio", real_scalar(self.min_ratio, f"MSE(min_ratio={self.min_ratio!r})"))
+    if self.grid < 2:
       raise ValueError(f"MSE(grid={self.grid}) needs at least 2 candidates; use e.g. grid=100.")
     if not 0.0 < float(self.min_ratio) < 1.0:
       raise ValueError(f"MSE(min_ratio={self.min_ratio}) must be in (0, 1), e.g. 0.2.")
@@ -57,7 +62,8 @@ class KL:
   bins: int = 2048
 
   def __post_init__(self):
-    if int(self.bins) < 16:
+    object.__setattr__(self, "bins", int_scalar(self.bins, f"KL(bins={self.bins!r})"))
+    if self.bins < 16:
       raise ValueError(f"KL(bins={self.bins}) is too few; use e.g. bins=2048.")
 
 
@@ -69,7 +75,8 @@ class EMA:
   decay: float = 0.99
 
   def __post_init__(self):
-    if not 0.0 <= float(self.decay) < 1.0:
+    object.__setattr__(self, "decay", real_scalar(self.decay, f"EMA(decay={self.decay!r})"))
+    if not 0.0 <= self.decay < 1.0:
       raise ValueError(f"EMA(decay={self.decay}) must be in [0, 1), e.g. 0.99.")
 
 

@@ -6,12 +6,24 @@ import jax
 import jax.numpy as jnp
 
 
-@jax.jit
 def sqnr(ref: jax.Array, approx: jax.Array) -> jax.Array:
   """Signal-to-quantization-noise ratio in dB: 10 log10(sum ref^2 / sum (ref - approx)^2), in float32.
 
-  +inf when ``approx == ref``.
+  +inf when ``approx == ref``; NaN when either holds a NaN.
+
+  Raises:
+    ValueError: ``ref`` and ``approx`` differ in shape (no broadcasting: a metric of mismatched arrays is a bug).
   """
+  if hasattr(ref, "dequantize") or hasattr(approx, "dequantize"):
+    raise TypeError("sqnr: got a QArray; compare float arrays, e.g. jq.sqnr(x, jq.dequantize(qa)).")
+  if jnp.shape(ref) != jnp.shape(approx):
+    raise ValueError(f"sqnr: ref has shape {jnp.shape(ref)} but approx has shape {jnp.shape(approx)}; pass arrays "
+                     "of the same shape.")
+  return _sqnr(ref, approx)
+
+
+@jax.jit
+def _sqnr(ref, approx):
   ref = jnp.asarray(ref, jnp.float32)
   err = ref - jnp.asarray(approx, jnp.float32)
   return 10.0 * (jnp.log10(jnp.sum(ref * ref)) - jnp.log10(jnp.sum(err * err)))

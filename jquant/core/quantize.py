@@ -235,6 +235,10 @@ def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check
   expected = scale_shape(spec.granularity, x.shape)   # validates axes and divisibility
   if spec.stochastic_rounding and key is None:
     raise ValueError("quantize: spec.stochastic_rounding=True needs key=jax.random.key(...).")
+  if key is not None and not (isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                                               or (key.dtype == jnp.uint32 and key.shape == (2,)))):
+    raise TypeError(f"quantize: key must be a PRNG key from jax.random.key(seed), got {type(key).__name__} "
+                    f"{getattr(key, 'dtype', '')}.")
   if scale is not None:
     scale = jnp.asarray(scale)
     if tuple(scale.shape) != expected:
@@ -264,6 +268,14 @@ def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check
       zero_point = jnp.asarray(zero_point)
       if tuple(zero_point.shape) != expected:
         raise ValueError(f"quantize: zero_point has shape {tuple(zero_point.shape)}, expected {expected}.")
+      if not isinstance(zero_point, jax.core.Tracer):
+        z = np.asarray(zero_point, np.float64)
+        qt = spec.qtype
+        bad = ~(np.isfinite(z) & (z == np.round(z)) & (z >= qt.qmin) & (z <= qt.qmax))
+        if bad.any():
+          raise ValueError(f"quantize: {int(bad.sum())} zero_point entries are not integers in {qt.name}'s range "
+                           f"[{int(qt.qmin)}, {int(qt.qmax)}], e.g. {float(z[bad].reshape(-1)[0])!r}; a zero point "
+                           "is the integer code of 0.0 (use jq.compute_qparams, or round and clip it).")
   elif zero_point is not None:
     raise ValueError("quantize: zero_point was given without scale; pass both (static) or neither (dynamic).")
   if check_finite_values and not isinstance(x, jax.core.Tracer):
@@ -315,4 +327,11 @@ def dequantize(qa: QArray, dtype=None) -> jax.Array:
   """
   if not isinstance(qa, QArray):
     raise TypeError(f"dequantize: expected a jq.QArray, got {type(qa).__name__}; quantize it first with jq.quantize.")
-  return _dequantize_jit(qa, jnp.dtype(dtype or qa.dtype))
+  try:
+    out = jnp.dtype(dtype or qa.dtype)
+  except TypeError:
+    raise TypeError(f"dequantize: dtype={dtype!r} is not a dtype; pass e.g. jnp.float32 or jnp.bfloat16.") from None
+  if not jnp.issubdtype(out, jnp.floating):
+    raise TypeError(f"dequantize: dtype={out} is not floating; dequantized values are real numbers (use "
+                    "jnp.float32, jnp.bfloat16 or jnp.float16; the integer codes are qa.qvalue).")
+  return _dequantize_jit(qa, out)

@@ -154,6 +154,12 @@ def fake_quant_with_range(x: jax.Array, lo: jax.Array, hi: jax.Array, spec: Quan
   _check_spec(spec, "fake_quant_with_range")
   lo = jax.lax.stop_gradient(jnp.asarray(lo, jnp.float32))
   hi = jax.lax.stop_gradient(jnp.asarray(hi, jnp.float32))
+  if not isinstance(lo, jax.core.Tracer) and not isinstance(hi, jax.core.Tracer):
+    if jnp.shape(lo) != jnp.shape(hi):
+      raise ValueError(f"fake_quant_with_range: lo {jnp.shape(lo)} and hi {jnp.shape(hi)} must have the same shape.")
+    if bool(jnp.any(lo > hi)):
+      raise ValueError("fake_quant_with_range: some tiles have lo > hi (an inverted range); pass the observed "
+                       "(min, max) in that order.")
   if spec.symmetric:
     hi = jnp.maximum(jnp.abs(lo), jnp.abs(hi))
   scale, zp = scale_from_range(lo, hi, spec.qtype, spec.symmetric)

@@ -23,6 +23,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jquant.core import granularity as gr
 from jquant.core import tiling
@@ -142,6 +143,12 @@ def lsq_fake_quant(x: jax.Array, scale: jax.Array, zero_point: jax.Array | None,
   """
   x = _check_params("lsq_fake_quant", x, scale, zero_point, spec)
   scale = jnp.asarray(scale)
+  if not isinstance(scale, jax.core.Tracer):
+    s = np.asarray(scale, np.float64)
+    if not (np.isfinite(s) & (s > 0)).all():
+      raise ValueError(f"lsq_fake_quant: {int((~(np.isfinite(s) & (s > 0))).sum())} step sizes are not finite and "
+                       f"positive (e.g. {float(s[~(np.isfinite(s) & (s > 0))][0])!r}); initialise them with "
+                       "lsq_init(x, spec) (a learned step size must stay > 0: clamp it after each update).")
   if zero_point is not None:
     zero_point = jnp.asarray(zero_point)
   return _lsq(spec, x, scale, zero_point)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jquant.core.quantize import check_float_array
+from jquant.core.checks import real_scalar
 from jquant.core.qarray import QArray
 from jquant.core.ranges import absmax_nan_on_top
 from jquant.solvers.smoothquant import check_int8_weight, int8_dot, w8a8_quantize_weight
@@ -57,8 +58,10 @@ def llm_int8_matmul(x, qw: QArray, *, threshold: float = 6.0, w_fp=None, out_dty
   if x.ndim < 1:
     raise ValueError("llm_int8_matmul: x must have shape (..., K).")
   check_int8_weight(qw, x.shape[-1], "llm_int8_matmul")
-  if not isinstance(threshold, (int, float)) or threshold < 0:
-    raise ValueError(f"llm_int8_matmul: threshold must be a float >= 0 (6.0 in the paper), got {threshold!r}.")
+  threshold = real_scalar(threshold, "llm_int8_matmul: threshold")
+  if not threshold >= 0:   # also NaN (no element would ever be an outlier)
+    raise ValueError(f"llm_int8_matmul: threshold must be a float >= 0 (6.0 in the paper; 0 or inf disable the "
+                     f"decomposition), got {threshold!r}.")
   if w_fp is not None:
     w_fp = check_float_array(w_fp, "w_fp")
     if tuple(w_fp.shape) != qw.shape:

@@ -17,12 +17,15 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jquant.core.granularity import PerChannel, PerTensor
 from jquant.core.qarray import QArray
 from jquant.core.qtypes import INT8
 from jquant.core.quantize import check_finite, check_float_array, quantize
+from jquant.core.checks import real_scalar
+from jquant.core.ranges import F32_TINY as _F32_TINY
 from jquant.core.ranges import absmax_nan_on_top
 from jquant.core.spec import QuantSpec
 
@@ -59,7 +62,8 @@ def smoothquant_scales(act_absmax, w_absmax, alpha: float = 0.5) -> jax.Array:
   if a.ndim != 1 or a.shape != w.shape:
     raise ValueError(f"smoothquant_scales: act_absmax {tuple(a.shape)} and w_absmax {tuple(w.shape)} must both be "
                      "(K,), one value per input feature.")
-  if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+  alpha = real_scalar(alpha, "smoothquant_scales: alpha")
+  if not 0.0 <= alpha <= 1.0:
     raise ValueError(f"smoothquant_scales: alpha must be in [0, 1], got {alpha!r}.")
   for name, v in (("act_absmax", a), ("w_absmax", w)):
     check_finite(v, name)
@@ -140,6 +144,11 @@ def w8a8_matmul(x, qw: QArray, *, act: str = "per_token", act_scale=None, out_dt
     act_scale = jnp.asarray(act_scale, jnp.float32)
     if act_scale.size != 1:
       raise ValueError(f"w8a8_matmul: act_scale must be a scalar (per-tensor static), got shape {act_scale.shape}.")
+    if not isinstance(act_scale, jax.core.Tracer):
+      v = float(act_scale.reshape(()))
+      if not (np.isfinite(v) and v >= _F32_TINY):
+        raise ValueError(f"w8a8_matmul: act_scale={v!r} must be a finite positive scale (calibrated absmax / 127, "
+                         f">= {_F32_TINY:.3g}); a zero or negative scale gives wrong outputs.")
   return _w8a8(x, qw, act_scale, act=act, out_dtype=jnp.dtype(out_dtype))
 
 
