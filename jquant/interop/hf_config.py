@@ -67,8 +67,7 @@ def model_settings(c: dict, where: str = "config.json") -> tuple[str, dict[str, 
               num_layers=int(_req(c, "num_hidden_layers", where)), num_heads=heads,
               num_kv_heads=int(c.get("num_key_value_heads") or heads),
               rope_base=float(c.get("rope_theta", 10000.0)), rms_eps=float(c.get("rms_norm_eps", 1e-6)),
-              tie_embeddings=bool(c.get("tie_word_embeddings", not qwen and arch != "LlamaForCausalLM"
-                                        and arch != "MistralForCausalLM")),
+              tie_embeddings=bool(c.get("tie_word_embeddings", False)),   # transformers' Llama/Qwen2 default
               qkv_bias=bool(qwen or c.get("attention_bias", False)), o_bias=bool(not qwen and c.get("attention_bias")))
     return "llama", kw
   if c.get("hidden_act", "gelu") != "gelu" or c.get("position_embedding_type", "absolute") != "absolute":

@@ -219,6 +219,12 @@ def load_hf(path: str | Path, dtype: str = "float32") -> HFModel:
      qc.get("quantization_status", "compressed") != "compressed":
     raise ValueError(f"{path / 'config.json'}: compressed-tensors quantization_status "
                      f"{qc.get('quantization_status')!r}; jquant reads 'compressed' checkpoints.")
+  if qc is not None:
+    for key in ("dynamic", "sparsity_config", "transform_config"):
+      if qc.get(key):
+        raise ValueError(f"{path / 'config.json'}: quantization_config.{key} = {qc[key]!r} is not supported "
+                         f"(per-module overrides, sparsity and rotations would change the weights); jquant reads "
+                         f"checkpoints without it.")
   st = SafetensorsDir(path)
   prefix = "bert." if kind == "bert" and st.keys() and all(k.startswith("bert.") for k in st.keys()) else ""
   r = _Reader(st, prefix)

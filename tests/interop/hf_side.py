@@ -7,7 +7,7 @@ transformers and compressed-tensors. Never imported by jquant or by pytest itsel
     python hf_side.py nll HF_DIR IDS.npy OUT.npy              # summed next-token NLL per window (float64)
     python hf_side.py tiny_llama OUT_DIR SEED [qwen]          # a random tiny Llama saved by transformers
     python hf_side.py tiny_bert OUT_DIR SEED                  # a random tiny BertModel saved by transformers
-    python hf_side.py ct_compress SRC_DIR OUT_DIR SCHEME      # compressed-tensors quantizes + saves SRC
+    python hf_side.py ct_compress SRC_DIR OUT_DIR SCHEME[:G]  # compressed-tensors quantizes + saves SRC
 """
 
 import json
@@ -103,7 +103,11 @@ def ct_compress(src, out, scheme):
   from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
   from compressed_tensors.quantization.utils import calculate_qparams
   m, _ = _load(src)
-  qcfg = QuantizationConfig(config_groups={"group_0": preset_name_to_scheme(scheme, ["Linear"])}, ignore=["lm_head"])
+  scheme, _, group = scheme.partition(":")           # "W4A16_ASYM:64" overrides the preset's group size
+  qscheme = preset_name_to_scheme(scheme, ["Linear"])
+  if group:
+    qscheme.weights.group_size = int(group)
+  qcfg = QuantizationConfig(config_groups={"group_0": qscheme}, ignore=["lm_head"])
   apply_quantization_config(m, qcfg)
   with torch.no_grad():
     for _, mod in m.named_modules():

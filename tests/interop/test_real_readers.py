@@ -214,3 +214,20 @@ def test_smollm2_float_export_gives_transformers_our_logits(smol_float, tmp_path
   got = np.asarray(model.apply(params, jnp.asarray(ids)))
   np.testing.assert_allclose(got, ref, atol=1e-3 * np.abs(ref).max())
   assert (got.argmax(-1) == ref.argmax(-1)).mean() > 0.98
+
+
+def test_smollm2_compressed_by_compressed_tensors_same_ppl_as_transformers(smol_float, tmp_path):
+  """SmolLM2 quantized and packed by compressed-tensors itself (W4A16_ASYM, group 64): jquant's perplexity of the
+  folder equals transformers' within 0.3%."""
+  from jquant.eval.text import token_windows
+  hf("ct_compress", smol_float, tmp_path / "ct", "W4A16_ASYM:64", timeout=3600)
+  ppl_jq = _eval_ppl(str(tmp_path / "ct"))
+  model, _ = from_pretrained(tmp_path / "ct")
+  assert all(v.startswith("compressed-tensors pack-quantized 4-bit g64") for v in model.hf_notes.values())
+  ids = np.asarray(token_windows(model.encode(_hamlet()), WINDOWS, 512))
+  np.save(tmp_path / "ids.npy", ids)
+  hf("nll", tmp_path / "ct", tmp_path / "ids.npy", tmp_path / "nll.npy", timeout=3600)
+  ppl_tf = math.exp(np.load(tmp_path / "nll.npy").sum() / (WINDOWS * 511))
+  print(f"SmolLM2 W4A16_ASYM g64 by compressed-tensors, {WINDOWS} Hamlet windows: jquant {ppl_jq:.3f}, "
+        f"transformers {ppl_tf:.3f}")
+  assert abs(ppl_jq / ppl_tf - 1) < 0.003
