@@ -7,7 +7,8 @@ import pytest
 import jquant as jq
 from jquant import solvers
 
-from .oracles import awq_clip_oracle, awq_duo_weight_mean, awq_scale_oracle, rng_for, structured_layer
+from .oracles import (awq_clip_oracle, awq_duo_weight_mean, awq_scale_oracle, fake_quant_groups, rng_for,
+                      structured_layer)
 
 SPEC = jq.QuantSpec(qtype=jq.UINT4, granularity=jq.PerGroup(axis=0, size=32), symmetric=False)
 
@@ -85,9 +86,23 @@ def test_inspect_fn_objective():
 def test_no_calibration_inputs_uses_diagonal_proxy():
   rng = rng_for("awq-proxy")
   x, w = structured_layer(rng, 64, 16, 128)
-  res = solvers.awq_scales(jnp.asarray(w), solvers.act_mean_abs(jnp.asarray(x)), SPEC)
-  assert res.scales.shape == (64,) and 0.0 <= float(res.alpha) < 1.0
-  assert np.isfinite(np.asarray(res.errors)).all()
+  act = np.asarray(solvers.act_mean_abs(jnp.asarray(x)))
+  res = solvers.awq_scales(jnp.asarray(w), jnp.asarray(act), SPEC)
+  # float64 oracle of the documented proxy: err(alpha) = sum_k mean|x_k|^2 ||dW_k||^2 / N with dW the rounding
+  # error of the scaled kernel, s = max(act^alpha, 1e-4) normalised by sqrt(max s * min s)
+  errs = []
+  for i in range(20):
+    s = np.maximum(act.astype(np.float64) ** (i / 20), 1e-4)
+    s = (s / np.sqrt(s.max() * s.min()))[:, None]
+    dw = fake_quant_groups(w * s, 32, 0, 15, False) / s - w
+    errs.append(np.sum(act.astype(np.float64) ** 2 * np.sum(dw ** 2, axis=1)) / w.shape[1])
+  errs = np.array(errs)
+  np.testing.assert_allclose(np.asarray(res.errors), errs, rtol=2e-3)
+  top2 = np.sort(errs)[:2]
+  assert top2[1] - top2[0] > 1e-2 * top2[0]           # a clear winner on this layer (no float32 near-tie)
+  assert float(res.alpha) == pytest.approx(np.argmin(errs) / 20) and float(res.alpha) > 0
+  s_ref = np.maximum(act.astype(np.float64) ** float(res.alpha), 1e-4)
+  np.testing.assert_allclose(np.asarray(res.scales), s_ref / np.sqrt(s_ref.max() * s_ref.min()), rtol=1e-5)
 
 
 def test_bad_inputs():

@@ -94,8 +94,15 @@ def test_act_order_dequantizes_in_original_order_and_helps():
   perm = np.argsort(-np.diag(np.asarray(h)), kind="stable")
   np.testing.assert_array_equal(np.asarray(qa.g_idx)[perm], np.arange(256) // 64)
   err = np.mean((x @ np.asarray(jq.dequantize(qa)) - x @ w) ** 2)
+  plain, _ = solvers.gptq(jnp.asarray(w), h, spec)
+  err_plain = np.mean((x @ np.asarray(jq.dequantize(plain)) - x @ w) ** 2)
   err_rtn = np.mean((x @ np.asarray(jq.dequantize(solvers.rtn(jnp.asarray(w), spec))) - x @ w) ** 2)
-  assert err < err_rtn
+  # This fixed layer (8 outlier channels x20): act-order 0.36x RTN, plain GPTQ 0.79x RTN, act-order / plain 0.46.
+  # Over 200 other draws of the same construction act-order / plain is 0.29 / 0.52 / 2.55 (min / median / max;
+  # < 0.6 on 71% of draws; the float64 reference loop gives the same errors on the worst draws: act-order with
+  # dynamic groups regroups the columns and can lose), so the test keeps this one fixed, deterministic draw.
+  assert err < 0.6 * err_plain, (err, err_plain)
+  assert err_plain < 0.85 * err_rtn, (err_plain, err_rtn)
 
 
 def test_traces_once_per_shape_and_compile_size_independent_of_k():
