@@ -87,11 +87,29 @@ def test_nnx_state(rng):
   qstate, report = jq.quantize_params(state, cfg, return_report=True)
   assert {e.path for e in report.quantized} == {"fc1/kernel", "fc2/kernel"}
   assert isinstance(qstate["fc1"]["kernel"].get_value(), jq.QArray)
+  floats = {n: np.asarray(state[n]["kernel"].get_value(), np.float64) for n in ("fc1", "fc2")}
   deq = jq.dequantize_params(qstate)
   x = jnp.asarray(rng.standard_normal((3, 64)), jnp.float32)
   nnx.update(net, deq)
-  y = net.fc1(x)
-  assert y.shape == (3, 128)
+  eps = float(np.finfo(np.float32).eps)
+  for name, inp in (("fc1", x), ("fc2", jnp.asarray(rng.standard_normal((3, 128)), jnp.float32))):
+    qa = qstate[name]["kernel"].get_value()
+    w = floats[name]
+    # NumPy oracle of the stored grid: symmetric INT8, one scale per output column = absmax / 127
+    scale = np.abs(w).max(axis=0, keepdims=True) / 127.0
+    np.testing.assert_allclose(np.asarray(qa.scale, np.float64).reshape(scale.shape), scale, rtol=1e-6)
+    codes = np.asarray(qa.qvalue, np.int64)
+    assert np.abs(codes - np.round(w / scale)).max() <= 1            # at most a float32 tie apart ...
+    assert np.mean(codes != np.round(w / scale)) < 1e-3               # ... and rarely
+    w_deq = codes * np.asarray(qa.scale, np.float64).reshape(scale.shape)
+    b = np.asarray(state[name]["bias"].get_value(), np.float64)
+    y = np.asarray(getattr(net, name)(inp), np.float64)
+    xin = np.asarray(inp, np.float64)
+    want = xin @ w_deq + b
+    # float32 matmul over K terms: |error| <= K eps sum|x||w| (+ the bias add)
+    tol = w.shape[0] * eps * (np.abs(xin) @ np.abs(w_deq) + np.abs(b))
+    assert y.shape == want.shape and np.all(np.abs(y - want) <= tol), float(np.max(np.abs(y - want) / tol))
+    assert np.max(np.abs(y - (xin @ w + b))) > 10 * np.max(tol)       # the net runs the quantized weight
 
 
 def test_errors_and_unused_rules(rng):
