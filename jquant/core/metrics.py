@@ -14,7 +14,8 @@ def sqnr(ref: jax.Array, approx: jax.Array) -> jax.Array:
   Raises:
     ValueError: ``ref`` and ``approx`` differ in shape (no broadcasting: a metric of mismatched arrays is a bug).
   """
-  if hasattr(ref, "dequantize") or hasattr(approx, "dequantize"):
+  from jquant.core.qarray import QArray  # pylint: disable=import-outside-toplevel
+  if isinstance(ref, QArray) or isinstance(approx, QArray):
     raise TypeError("sqnr: got a QArray; compare float arrays, e.g. jq.sqnr(x, jq.dequantize(qa)).")
   if jnp.shape(ref) != jnp.shape(approx):
     raise ValueError(f"sqnr: ref has shape {jnp.shape(ref)} but approx has shape {jnp.shape(approx)}; pass arrays "
