@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
   if wanted is not None and not wanted <= set(common.METHODS):
     raise ValueError(f"--methods {args.methods!r}: unknown {sorted(wanted - set(common.METHODS))}; "
                      f"choose from {common.METHODS}.")
+  if args.windows < 1:
+    raise ValueError(f"--windows {args.windows}: evaluate on at least 1 window of 512 tokens.")
   if args.calib_samples is not None and args.calib_samples < 1:
     raise ValueError(f"--calib-samples {args.calib_samples}: calibration needs at least 1 sample; omit the flag for "
                      "the demo default.")

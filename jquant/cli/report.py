@@ -88,6 +88,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+  if args.samples < 1:
+    raise ValueError(f"--samples {args.samples}: need at least 1 calibration window/paragraph for output errors.")
+  if args.budget_mb is not None and not args.budget_mb > 0:   # also NaN
+    raise ValueError(f"--budget-mb {args.budget_mb}: the size budget must be a positive number of MiB.")
   name, model, qparams, meta = common.load_checkpoint(args.dir)
   _, params = common.load_model(meta.get("model", name))
   batches = common.calibration_batches(name, model, num=args.samples, seed=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Callable
 
 import jax
@@ -416,10 +417,37 @@ add("cli/eval-not-checkpoint", Err(RuntimeError, r"exit 1", _cli(["eval", "/none
 add("cli/quantize-calib-zero", Err(RuntimeError, r"exit 1", _cli(["quantize", "--model", "minilm", "--method", "rtn", "--calib-samples", "0", "--out", "/nonexistent_parent_for_jquant/q"])))
 add("cli/quantize-calib-text-missing", Err(RuntimeError, r"exit 1", _cli(["quantize", "--model", "minilm", "--method", "rtn", "--calib-text", "/nonexistent.txt", "--out", "/nonexistent_parent_for_jquant/q"])))
 add("cli/quantize-out-is-file", Err(RuntimeError, r"exit 1", _cli(["quantize", "--model", "minilm", "--method", "rtn", "--out", __file__])))
+add("cli/report-samples-zero", Err(RuntimeError, r"exit 1", _cli(["report", "/nonexistent_dir_for_jquant", "--samples", "0"])))
+add("cli/report-budget-negative", Err(RuntimeError, r"exit 1", _cli(["report", "/nonexistent_dir_for_jquant", "--budget-mb", "-5"])))
+add("cli/report-budget-nan", Err(RuntimeError, r"exit 1", _cli(["report", "/nonexistent_dir_for_jquant", "--budget-mb", "nan"])))
+add("cli/report-not-checkpoint", Err(RuntimeError, r"exit 1", _cli(["report", "/nonexistent_dir_for_jquant"])))
+add("cli/eval-windows-zero", Err(RuntimeError, r"exit 1", _cli(["eval", "--model", "smollm2", "--windows", "0"])))
+add("cli/eval-both-dir-and-model", Err(RuntimeError, r"exit 1", _cli(["eval", "/x", "--model", "smollm2"])))
+add("cli/demo-windows-zero", Err(RuntimeError, r"exit 1", _cli(["demo", "--model", "minilm", "--windows", "0"])))
+add("cli/demo-calib-zero", Err(RuntimeError, r"exit 1", _cli(["demo", "--model", "minilm", "--calib-samples", "0"])))
+add("cli/demo-bad-methods", Err(RuntimeError, r"exit 1", _cli(["demo", "--model", "minilm", "--methods", "rtn,foo"])))
 add("cli/bad-method", Err(SystemExit, r"2", _cli(["quantize", "--model", "minilm", "--method", "nope", "--out", "x"])))
 add("cli/bad-bits", Err(SystemExit, r"2", _cli(["quantize", "--model", "minilm", "--method", "rtn", "--bits", "5", "--out", "x"])))
 add("cli/bad-grid", Err(SystemExit, r"2", _cli(["quantize", "--model", "minilm", "--method", "rtn", "--grid", "l2", "--out", "x"])))
 
+
+
+CLI_MESSAGES = {   # what the one error line must name
+    "cli/eval-nothing": r"give either a checkpoint DIR or --model",
+    "cli/eval-not-checkpoint": r"is not a jquant checkpoint folder",
+    "cli/quantize-calib-zero": r"--calib-samples 0: calibration needs at least 1 sample",
+    "cli/quantize-calib-text-missing": r"--calib-text '/nonexistent.txt' is not a file",
+    "cli/quantize-out-is-file": r"exists and is not a directory",
+    "cli/report-samples-zero": r"--samples 0: need at least 1",
+    "cli/report-budget-negative": r"--budget-mb -5.0: the size budget must be a positive",
+    "cli/report-budget-nan": r"--budget-mb nan",
+    "cli/report-not-checkpoint": r"is not a jquant checkpoint folder",
+    "cli/eval-windows-zero": r"--windows must be >= 1",
+    "cli/eval-both-dir-and-model": r"give either a checkpoint DIR or --model",
+    "cli/demo-windows-zero": r"--windows 0: evaluate on at least 1 window",
+    "cli/demo-calib-zero": r"--calib-samples 0",
+    "cli/demo-bad-methods": r"unknown \['foo'\]",
+}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -431,6 +459,7 @@ def test_matrix(name, rng, capsys):
     if name.startswith("cli/") and case.exc is RuntimeError:
       err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
       assert len(err) == 1 and err[0].startswith("error: "), err
+      assert re.search(CLI_MESSAGES[name], err[0]), (name, err[0])
   else:
     case.check(case.fn(rng), rng)
 
