@@ -168,12 +168,12 @@ def raise_if_not_finite(flag, x, what: str = "x", spec: QuantSpec | None = None)
     return
   check_finite(x, what)   # NaN/inf values: that message names them
   if spec is not None:
-    raise ValueError(_unusable_scale_message(x, spec, what))
+    raise ValueError(unusable_scale_message(x, spec, what))
   raise ValueError(f"{what}: quantization produced unusable (non-finite or out-of-range) scales; check the range "
                    f"of {what}.")
 
 
-def _unusable_scale_message(x, spec: QuantSpec, what: str) -> str:
+def unusable_scale_message(x, spec: QuantSpec, what: str) -> str:
   """Explains (in float64, eagerly: the error path only) why a tile of finite ``x`` has no usable scale."""
   qt = spec.qtype
   block = spec.granularity.block_shape(x.shape)
@@ -203,8 +203,9 @@ def _unusable_scale_message(x, spec: QuantSpec, what: str) -> str:
     cause = (f"its scale {r:.4g} does not fit scale_dtype={sd!r} (finite range [{smallest:.3g}, {float(info.max):.4g}])"
              f": it would {'overflow to inf' if r > float(info.max) else 'underflow to 0'}")
   return (f"{what} of shape {tuple(x.shape)} cannot be quantized with {qt.name} {spec.granularity}: {where_}: "
-          f"{cause}. Fix: rescale the values (divide by a power of two and fold it into the next op), use "
-          f"scale_dtype='float32', or a finer granularity.")
+          f"{cause}. Fix: rescale the values (divide by a power of two and fold it into the next op)"
+          f"{', store scales as float32 (scale_dtype=' + repr('float32') + ')' if sd != 'float32' else ''}, or use a "
+          "finer granularity.")
 
 
 def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check_finite_values: bool = True) -> QArray:

@@ -204,6 +204,10 @@ def to_storage(tree) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
   for path, leaf in _flatten(tree):
     if isinstance(leaf, QArray):
+      try:   # never write a checkpoint that the loader would refuse (e.g. NaN scales from a jit-time NaN input)
+        _check_qarray(leaf, {})
+      except _LeafError as err:
+        raise ValueError(f"cannot save leaf {path!r}: {err}.") from None
       entry = {"kind": "qarray", "spec": spec_to_dict(leaf.spec), "dtype": leaf.dtype,
                "qvalue": put(f"{path}.qvalue", leaf.qvalue)}
       if isinstance(leaf.scale, DoubleQuantScale):

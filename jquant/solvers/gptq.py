@@ -47,7 +47,8 @@ from jax import lax
 from jquant.core.granularity import PerChannel, PerGroup, PerTensor
 from jquant.core.qarray import QArray
 from jquant.core.quantize import (check_float_array, compute_qparams, dequantize_values, quantize,
-                                  quantize_with_params)
+                                  quantize_checked, quantize_with_params, scale_f32,
+                                  unusable_scale_message)
 from jquant.core.spec import QuantSpec
 
 _HI = lax.Precision.HIGHEST
@@ -422,6 +423,11 @@ def gptq(w, hessian, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.
       raise ValueError(f"gptq: the Cholesky factorization of the Hessian failed even with "
                        f"{100 * max(damp, 1e-3):g} x mean(diag H) damping; the Hessian is not positive semi-definite "
                        "(check that it is X^T X of the layer inputs, accumulated in float32).")
+    if int(_count_nonfinite(scale_f32(qa))):    # NaN scales: a range the grid cannot hold (see jq.quantize)
+      if not bool(quantize_checked(w, spec)[1]):
+        raise ValueError(unusable_scale_message(w, spec, "gptq: w"))
+      raise ValueError("gptq: the solve produced non-finite scales although every range of w fits the grid; the "
+                       "error feedback diverged (check the Hessian's conditioning, or raise damp).")
     used = float(info.damp_used)
     if used > damp * (1 + 1e-6):
       warnings.warn(f"gptq: Cholesky failed with damp={damp:g}; succeeded with damp={used:g}.", RuntimeWarning,

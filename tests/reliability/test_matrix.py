@@ -278,6 +278,8 @@ add("gptq/damp-negative", Err(ValueError, r"damp must be a finite float >= 0", l
 add("gptq/damp-nan", Err(ValueError, r"damp must be a finite float >= 0", lambda r: S.gptq(X(r), H(r), I8, damp=float("nan"))))
 add("gptq/static-groups-no-groups", Err(ValueError, r"static_groups=True needs a PerGroup spec", lambda r: S.gptq(X(r), H(r), I8, static_groups=True)))
 add("gptq/double-quant", Err(ValueError, r"double_quant or stochastic_rounding are not supported", lambda r: S.gptq(X(r), H(r), jq.QuantSpec(qtype=jq.NF4, double_quant=True))))
+add("gptq/range-overflow", Err(ValueError, r"gptq: w of shape \(16, 8\).*tile \(0, 0\).*spans more than float32 can hold",
+                              lambda r: S.gptq(np.where(np.arange(128).reshape(16, 8) == 0, 3e38, np.where(np.arange(128).reshape(16, 8) == 8, -3e38, X(r))).astype(np.float32), H(r), U4G)))
 add("hessian/init-zero", Err(ValueError, r"k must be a positive int", lambda r: S.hessian_init(0)))
 add("hessian/init-float", Err(ValueError, r"k must be a positive int", lambda r: S.hessian_init(16.0)))
 add("hessian/update-wrong-k", Err(ValueError, r"x has shape \(16, 8\), expected \(\.\.\., 4\)", lambda r: S.hessian_update(S.hessian_init(4), X(r))))
@@ -395,6 +397,8 @@ add("qdot/reference", Ok(lambda r: (X(r, (4, 16)), X(r)), lambda a, r: np.testin
     a[0].astype(np.float64) @ np.asarray(jq.dequantize(jq.quantize(a[1], I8)), np.float64), rtol=1e-5, atol=1e-5)))
 
 # ---- io --------------------------------------------------------------------------------------------------------------
+add("io/save-nan-scale", Err(ValueError, r"cannot save leaf 'k': 1 scales are not finite and positive \(e.g. nan\)",
+                            lambda r: jq.io.to_storage({"k": jax.jit(lambda a: jq.quantize(a, I8))(Xnan(r))})))
 add("io/load-missing", Err(ValueError, r"does not exist", lambda r: jq.io.load_safetensors("/nonexistent/x.safetensors")))
 add("io/orbax-missing", Err(ValueError, r"is not a directory", lambda r: jq.io.load_orbax("/nonexistent/dir")))
 add("io/slash-key", Err(ValueError, r"contains '/'", lambda r: jq.io.to_storage({"a/b": X(r)})))
