@@ -1,5 +1,5 @@
 """Real SmolLM2-135M: cached greedy decoding == the non-cached reference for 64 tokens, and Hamlet perplexity
-with int8 / fp8 KV caches within 0.5% / 1% of the float cache."""
+with int8 / fp8 KV caches within 0.3% / 0.5% of the float cache (measured +0.204% / +0.355% at 4 x 256 tokens)."""
 
 import numpy as np
 import pytest
@@ -33,5 +33,9 @@ def test_hamlet_perplexity_with_quantized_cache(smollm2):
         f"({100 * (i8.ppl / base.ppl - 1):+.3f}%), fp8_e4m3 {f8.ppl:.4f} ({100 * (f8.ppl / base.ppl - 1):+.3f}%)")
   ref = perplexity(model, params, windows=4, seq_len=256, batch_size=2)   # the non-cached evaluator
   np.testing.assert_allclose(base.ppl, ref.ppl, rtol=1e-4)
-  assert abs(i8.ppl / base.ppl - 1) < 0.005
-  assert abs(f8.ppl / base.ppl - 1) < 0.01
+  # Deterministic (real weights, fixed windows). Measured at these settings (4 x 256 tokens): float cache 26.6012,
+  # int8 +0.204%, fp8_e4m3 +0.355% (RESULTS.md's +0.10% / +0.58% are at 8 x 512). Bounds ~1.5x the measured
+  # increase: a cache with 4x the rounding error (scales x4) gives +2.4% (int8) / +6.7% (fp8 e4m3, 2 mantissa bits
+  # fewer) and fails.
+  assert abs(i8.ppl / base.ppl - 1) < 0.003
+  assert abs(f8.ppl / base.ppl - 1) < 0.005

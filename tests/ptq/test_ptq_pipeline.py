@@ -24,6 +24,23 @@ def _methods(bits=4):
           "int8": jq.ptq.LLMInt8()}
 
 
+# Per-layer output SQNR floors (dB) and end-to-end relative-MSE ceilings per (arch, method), 4-bit g8 asymmetric.
+# Measured over 201 seeds (20000+i, the test's own setup): worst layer's SQNR min / median / max and rel error
+# median / max:
+#   llama rtn     20.06 / 23.12 / 24.45 dB, rel 0.107 / 0.217     bert rtn     17.55 / 22.82 / 24.78 dB, rel 0.011 / 0.195
+#   llama gptq_ao 21.86 / 26.09 / 28.31 dB, rel 0.059 / 0.133     bert gptq_ao 24.09 / 27.48 / 34.72 dB, rel 0.0015 / 0.076
+#   llama awq     23.90 / 25.61 / 27.03 dB, rel 0.062 / 0.138     bert awq     22.42 / 26.62 / 28.60 dB, rel 0.0039 / 0.121
+# awq_gptq (3 seeds: llama 27.1-27.4, bert 29.3-30.1 dB) takes the gptq_ao floors. Floors sit ~2.5-3 dB below the
+# worst of 201 (~3 sd below it; a normal fit puts the floors beyond 5 sd below the median), ceilings ~1.5x the worst
+# (the old ceiling 0.2 failed llama RTN on 2 of 201 seeds). 3-bit RTN measured 12.8-17.1 dB (worst layer), 2-bit
+# 8.3-9.6 dB: both fail the 4-bit floors; so does a zero point off by one in a group. 8-bit (SmoothQuant W8A8,
+# LLM.int8): 38.2-42.5 dB worst layer, rel <= 5.4e-3 over 4 seeds; floor 30 dB, ceiling 2e-2.
+_FLOOR_DB = {("llama", "rtn"): 18.0, ("llama", "gptq_ao"): 19.0, ("llama", "awq"): 21.0, ("llama", "awq_gptq"): 19.0,
+             ("bert", "rtn"): 15.0, ("bert", "gptq_ao"): 21.0, ("bert", "awq"): 19.5, ("bert", "awq_gptq"): 21.0}
+_MAX_REL = {("llama", "rtn"): 0.3, ("llama", "gptq_ao"): 0.2, ("llama", "awq"): 0.2, ("llama", "awq_gptq"): 0.2,
+            ("bert", "rtn"): 0.3, ("bert", "gptq_ao"): 0.15, ("bert", "awq"): 0.2, ("bert", "awq_gptq"): 0.15}
+
+
 @pytest.mark.parametrize("arch", ["llama", "bert"])
 @pytest.mark.parametrize("name", ["rtn", "gptq_ao", "awq", "awq_gptq", "sq", "int8"])
 def test_every_method_runs_reports_and_stays_close(arch, name, rng):
@@ -39,11 +56,11 @@ def test_every_method_runs_reports_and_stays_close(arch, name, rng):
       kernel = kernel[part]
     assert isinstance(kernel["kernel"], jq.QArray) and kernel["kernel"].qtype.bits == bits
     assert e.bits == bits and e.method == method.name and np.isfinite(e.sqnr_db) and e.seconds >= 0
-    assert e.sqnr_db > (30.0 if bits == 8 else 5.0)
+    assert e.sqnr_db > (30.0 if bits == 8 else _FLOOR_DB[arch, name]), (e.path, e.sqnr_db)
     assert (e.loss is not None) == (name in ("gptq_ao", "awq_gptq"))
   assert report.bytes_after < report.bytes_before and report.calib_batches == 3
   err = H.rel_err(model, params, qparams, H.concat(batches), method)
-  assert err < (2e-2 if bits == 8 else 0.2), err
+  assert err < (2e-2 if bits == 8 else _MAX_REL[arch, name]), err
   assert report.layers[0].path in str(report)
 
 
