@@ -57,8 +57,13 @@ def model_settings(c: dict, where: str = "config.json") -> tuple[str, dict[str, 
     hidden = int(_req(c, "hidden_size", where))
     if c.get("head_dim") not in (None, hidden // heads):
       raise ValueError(f"{where}: head_dim {c['head_dim']} != hidden_size / num_attention_heads; not supported.")
-    if c.get("rope_scaling"):
-      raise ValueError(f"{where}: rope_scaling {c['rope_scaling']} is not supported (plain RoPE only).")
+    rope = dict(c.get("rope_parameters") or {})         # transformers >= 5 keeps rope_theta here
+    scaling = c.get("rope_scaling") or {}
+    for r in (rope, scaling):
+      if r.get("rope_type", r.get("type", "default")) != "default":
+        raise ValueError(f"{where}: RoPE type {r.get('rope_type', r.get('type'))!r} is not supported (plain RoPE "
+                         f"only: rope_type 'default').")
+    rope_theta = c.get("rope_theta", rope.get("rope_theta", 10000.0))
     if c.get("hidden_act", "silu") != "silu" or c.get("mlp_bias"):
       raise ValueError(f"{where}: hidden_act {c.get('hidden_act')!r} / mlp_bias {c.get('mlp_bias')} not supported.")
     qwen = arch == "Qwen2ForCausalLM"
@@ -66,7 +71,7 @@ def model_settings(c: dict, where: str = "config.json") -> tuple[str, dict[str, 
               intermediate=int(_req(c, "intermediate_size", where)),
               num_layers=int(_req(c, "num_hidden_layers", where)), num_heads=heads,
               num_kv_heads=int(c.get("num_key_value_heads") or heads),
-              rope_base=float(c.get("rope_theta", 10000.0)), rms_eps=float(c.get("rms_norm_eps", 1e-6)),
+              rope_base=float(rope_theta), rms_eps=float(c.get("rms_norm_eps", 1e-6)),
               tie_embeddings=bool(c.get("tie_word_embeddings", False)),   # transformers' Llama/Qwen2 default
               qkv_bias=bool(qwen or c.get("attention_bias", False)), o_bias=bool(not qwen and c.get("attention_bias")))
     return "llama", kw

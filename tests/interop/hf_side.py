@@ -11,6 +11,7 @@ transformers and compressed-tensors. Never imported by jquant or by pytest itsel
 """
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -24,7 +25,10 @@ def _load(d):
   import transformers
   cfg = json.load(open(f"{d}/config.json"))
   cls = transformers.AutoModel if cfg["architectures"][0] == "BertModel" else transformers.AutoModelForCausalLM
-  m = cls.from_pretrained(d, torch_dtype=torch.float32)
+  kw = {}
+  if os.environ.get("HF_SIDE_DECOMPRESS") and "quantization_config" in cfg:   # decompress to float on load
+    kw["quantization_config"] = transformers.CompressedTensorsConfig(run_compressed=False)
+  m = cls.from_pretrained(d, dtype=torch.float32, **kw)
   m.eval()
   return m, cfg
 
@@ -71,7 +75,7 @@ def tiny_llama(out, seed, qwen=False):
   import transformers
   torch.manual_seed(int(seed))
   kw = dict(vocab_size=96, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
+            num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=50000.0, tie_word_embeddings=False)
   if qwen:
     m = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw))
   else:
@@ -131,6 +135,11 @@ def ct_compress(src, out, scheme):
   compressor.compress_model(m)
   m.save_pretrained(out, safe_serialization=True)
   compressor.update_config(out)
+  import os
+  import shutil
+  for f in ("tokenizer.json", "tokenizer_config.json"):
+    if os.path.exists(os.path.join(src, f)):
+      shutil.copy(os.path.join(src, f), out)
 
 
 if __name__ == "__main__":

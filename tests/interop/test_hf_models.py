@@ -251,3 +251,16 @@ def test_sharded_checkpoint_with_index(rng, tmp_path):
   (tmp_path / "model-00002-of-00002.safetensors").unlink()
   with pytest.raises(ValueError, match="names shard model-00002-of-00002.safetensors, which is missing"):
     from_pretrained(tmp_path)
+
+
+def test_rope_theta_from_rope_parameters_and_refused_rope_types(float_dir):
+  """transformers >= 5 writes rope_theta inside rope_parameters; scaled RoPE variants are refused."""
+  cfg = json.loads((float_dir / "config.json").read_text())
+  cfg.pop("rope_theta")
+  (float_dir / "config.json").write_text(json.dumps({**cfg, "rope_parameters": {"rope_theta": 123456.0,
+                                                                                "rope_type": "default"}}))
+  assert load_hf(float_dir).settings["rope_base"] == 123456.0
+  (float_dir / "config.json").write_text(json.dumps({**cfg, "rope_parameters": {"rope_theta": 5e5, "rope_type": "llama3",
+                                                                                "factor": 8.0}}))
+  with pytest.raises(ValueError, match="config.json: RoPE type 'llama3' is not supported"):
+    load_hf(float_dir)
