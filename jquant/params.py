@@ -169,22 +169,32 @@ def dequantize_params(params: PyTree, dtype=None) -> PyTree:
 
   A linear's explicit ``input_scale`` (AWQ / SmoothQuant scales that could not be folded into a producer, stored
   beside ``kernel``) is folded back into the float kernel and dropped, so the result is a plain float tree that the
-  unmodified model runs faithfully: ``(x * s) @ W == x @ (s[:, None] * W)``. ``input_scale`` is (K,) for an
-  (K, N) kernel (or (*batch, K) for stacked ones), or kernel-rank with ones on the output axes.
+  unmodified model runs faithfully: ``(x * s) @ W == x @ (s[:, None] * W)``. On an ``nnx.State`` (from
+  ``jq.ptq.quantize_model`` on an NNX model) the result is an ``nnx.State`` of ``nnx.Param`` s shaped as
+  ``nnx.state(model, nnx.Param)``: ``nnx.update(model, state)`` / ``nnx.merge(graphdef, state, rest)`` run it.
+  ``input_scale`` is (K,) for an (K, N) kernel (or (*batch, K) for stacked ones), or kernel-rank with ones on the
+  output axes.
   """
   deq = jax.tree.map(lambda x: dequantize(x, dtype) if isinstance(x, QArray) else x, params,
                      is_leaf=lambda x: isinstance(x, QArray))
   return _fold_input_scales(deq)
 
 
+def _value(leaf):
+  """An array leaf, or the value of an NNX Variable (``nnx.Param``) leaf."""
+  return leaf.get_value() if hasattr(leaf, "get_value") and hasattr(leaf, "replace") else leaf
+
+
 def _fold_input_scales(tree: PyTree) -> PyTree:
   if not isinstance(tree, dict) and not (hasattr(tree, "items") and hasattr(tree, "keys")):
     return tree
   out = {k: _fold_input_scales(v) for k, v in tree.items()}
-  if "input_scale" in out and "kernel" in out and hasattr(out["kernel"], "ndim"):
-    w, s = out["kernel"], out.pop("input_scale")
+  if "input_scale" in out and "kernel" in out and hasattr(_value(out["kernel"]), "ndim"):
+    kleaf = out["kernel"]
+    w, s = _value(kleaf), _value(out.pop("input_scale"))
     s = s if s.ndim == w.ndim else s[..., None]
-    out["kernel"] = (w.astype(jnp.float32) * s.astype(jnp.float32)).astype(w.dtype)
+    w = (w.astype(jnp.float32) * s.astype(jnp.float32)).astype(w.dtype)
+    out["kernel"] = kleaf.replace(value=w) if kleaf is not _value(kleaf) else w    # an nnx.Param stays one
   return out if isinstance(tree, dict) else type(tree)(out)
 
 

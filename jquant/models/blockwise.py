@@ -9,6 +9,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 
+from jquant.models.layers import Linear
+
 PyTree = Any
 
 
@@ -61,6 +63,15 @@ class BlockwiseBase(abc.ABC):
   @abc.abstractmethod
   def apply(self, params: PyTree, batch: PyTree) -> jax.Array:
     """The whole model in one Linen apply (equal to embed -> blocks -> head)."""
+
+  # --- hooks of jquant.ptq's capture (homogeneous blocks: one compiled program serves every block) ---
+  def block_fn(self, i):
+    """fn(block_params, hidden, ctx) running block ``i`` (the index only selects params: blocks are alike)."""
+    return lambda bp, h, ctx: self._run_block(bp, h, ctx)
+
+  def capture_input(self, module: nn.Module, args: tuple, kwargs: dict):  # pylint: disable=unused-argument
+    """The input of a jquant `Linear` call (what PTQ statistics are taken of), else None."""
+    return args[0] if isinstance(module, Linear) else None
 
   # --- helpers ---
   def _run_block(self, block_params: PyTree, hidden: jax.Array, ctx: PyTree) -> jax.Array:

@@ -13,9 +13,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jquant.ops import qdot
+from jquant.ops import qmatmul
 
 __all__ = ["Linear", "MatmulFn", "default_matmul"]
 
@@ -23,15 +22,8 @@ __all__ = ["Linear", "MatmulFn", "default_matmul"]
 MatmulFn = Callable[[jax.Array, Any], jax.Array]
 
 
-def _is_plain_array(x: Any) -> bool:
-  return isinstance(x, (jax.Array, np.ndarray))
-
-
-def default_matmul(x: jax.Array, kernel: Any) -> jax.Array:
-  """``x @ kernel`` for a plain kernel; ``jquant.ops.qdot(x, kernel)`` for a ``QArray`` / ``PreparedWeight``."""
-  if _is_plain_array(kernel):
-    return jnp.matmul(x, kernel.astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
-  return qdot(x, kernel)
+# x @ kernel for a float kernel, jquant.ops.qdot for a QArray / PreparedWeight (one definition: jquant.ops.qmatmul)
+default_matmul = qmatmul
 
 
 class Linear(nn.Module):

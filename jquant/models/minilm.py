@@ -18,6 +18,7 @@ import numpy as np
 
 from jquant.models import bert
 from jquant.models.blockwise import BlockwiseBase, PyTree, run_method
+from jquant.ptq.scaling import ScalePlan, ScaleTarget
 from jquant.models.layers import MatmulFn
 
 __all__ = ["MiniLM", "load_minilm", "minilm_params_from_safetensors"]
@@ -75,6 +76,15 @@ class MiniLM(BlockwiseBase):
     """Random params (for tests and tiny configs)."""
     ids = jnp.zeros((1, seq_len), jnp.int32)
     return jax.jit(self.module.init)(rng, ids, jnp.ones_like(ids))["params"]
+
+  def scale_plan(self, groups) -> ScalePlan | None:
+    """AWQ / SmoothQuant fold targets (`jquant.ptq.scaling`). MiniLM is post-LN: the LayerNorm output is the
+    residual stream, so the LN-fed groups take an explicit input_scale; value -> attention output folds exactly."""
+    if len(groups) != 4:
+      return None
+    return ScalePlan((ScaleTarget("input_scale", None, True), ScaleTarget("linear", "attention/value"),
+                      ScaleTarget("input_scale", None, True), ScaleTarget("input_scale")),
+                     frozenset({"attention/query", "attention/key"}))
 
   def linear_groups(self) -> Sequence[Sequence[str]]:
     return bert.linear_groups()

@@ -19,6 +19,7 @@ import numpy as np
 from jquant.models import llama
 from jquant.models.blockwise import BlockwiseBase, PyTree, run_method
 from jquant.models.layers import MatmulFn
+from jquant.ptq.scaling import ScalePlan, ScaleTarget
 
 __all__ = ["SmolLM2", "load_smollm2", "smollm2_params_from_gguf", "smollm2_tokenizer_from_gguf"]
 
@@ -69,6 +70,17 @@ class SmolLM2(BlockwiseBase):
   def init(self, rng: jax.Array, seq_len: int = 8) -> PyTree:
     """Random params (for tests and tiny configs)."""
     return jax.jit(self.module.init)(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+
+  def scale_plan(self, groups) -> ScalePlan | None:
+    """AWQ / SmoothQuant fold targets (`jquant.ptq.scaling`): input_layernorm -> q/k/v, v_proj -> o_proj (only
+    without grouped-query attention), post_attention_layernorm -> gate/up, up_proj -> down_proj."""
+    if len(groups) != 4:
+      return None
+    cfg = self.config
+    o_target = ScaleTarget("linear", "self_attn/v_proj") if cfg.num_kv_heads == cfg.num_heads else ScaleTarget("none")
+    return ScalePlan((ScaleTarget("norm", "input_layernorm", True), o_target,
+                      ScaleTarget("norm", "post_attention_layernorm", True), ScaleTarget("linear", "mlp/up_proj")),
+                     frozenset({"self_attn/q_proj", "self_attn/k_proj"}))
 
   def linear_groups(self) -> Sequence[Sequence[str]]:
     return llama.linear_groups()

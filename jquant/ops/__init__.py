@@ -6,5 +6,6 @@ from jquant.ops.prepared import prepare as prepare
 from jquant.ops.qdot import pallas_reasons as pallas_reasons
 from jquant.ops.qdot import qdot as qdot
 from jquant.ops.qdot import qeinsum as qeinsum
+from jquant.ops.qdot import qmatmul as qmatmul
 
-__all__ = ("PreparedWeight", "layout_reasons", "pallas_reasons", "prepare", "qdot", "qeinsum")
+__all__ = ("PreparedWeight", "layout_reasons", "pallas_reasons", "prepare", "qdot", "qeinsum", "qmatmul")

@@ -112,6 +112,16 @@ def qdot(x, w: QArray | PreparedWeight, *, implementation: Implementation = None
   return out.astype(out_dtype).reshape(*lead, w.shape[1])
 
 
+def qmatmul(x: jax.Array, w) -> jax.Array:
+  """``x @ w`` for a float (K, N) ``w`` (float32-accurate: precision HIGHEST); `qdot` for a QArray / PreparedWeight.
+
+  The one matmul of a linear layer whose kernel may or may not be quantized (models, the PTQ runtime).
+  """
+  if isinstance(w, (QArray, PreparedWeight)):
+    return qdot(x, w)
+  return jnp.matmul(x, jnp.asarray(w).astype(x.dtype), precision=jax.lax.Precision.HIGHEST)
+
+
 _SIMPLE = re.compile(r"^(\.\.\.)?([a-zA-Z]*),([a-zA-Z])([a-zA-Z])->(\.\.\.)?([a-zA-Z]*)$")
 
 

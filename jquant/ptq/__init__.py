@@ -1,6 +1,13 @@
-"""Post-training quantization over whole models: sequential, layer-by-layer calibration.
+"""Post-training quantization of whole Flax models: sequential, block-by-block calibration.
 
     qparams, report = jq.ptq.quantize_model(model, params, calib_batches, jq.ptq.GPTQ(spec, act_order=True))
+    run = jq.ptq.runtime_model(model, method)        # .apply(variables, *args) with QArray kernels via jq.qdot
+
+``model``: any Flax Linen module (linears, blocks and groups found by interception, `linen_model`) or a
+`BlockwiseModel`. Methods (`methods/`, one file each) implement the `PTQMethod` protocol; `pipeline` drives them;
+`capture` reduces layer inputs to streaming statistics; `access` reads and writes linears as (K, N) matrices;
+`scaling` places AWQ / SmoothQuant scales; `runtime` runs a user's model with quantized params; `report` says what
+was done to every linear.
 """
 
 from jquant.ptq.methods import AWQ, GPTQ, RTN, LLMInt8, SmoothQuant

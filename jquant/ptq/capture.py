@@ -1,4 +1,5 @@
-"""Captures the inputs of a block's linear layers with ``flax.linen.intercept_methods`` and reduces them to
+"""Captures the inputs of a block's linear layers by interception (the model's ``intercept`` context: Linen's
+``intercept_methods`` by default, NNX's hooked modules for `jquant.ptq.nnx_model.NNXModel`) and reduces them to
 streaming statistics (no activations are kept except a bounded token subsample).
 
 For every distinct input tensor (q/k/v share one, gate/up share one) and over the real tokens only (a ``"mask"``
@@ -17,13 +18,11 @@ import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jquant.models.blockwise import BlockwiseBase
-from jquant.models.layers import Linear
+from jquant.ptq.linen_model import linen_intercept
 
 _HI = jax.lax.Precision.HIGHEST
 PyTree = Any
@@ -61,16 +60,20 @@ def _block_fn(model, i: int) -> Callable:
   """fn(block_params, hidden, ctx) for block ``i``."""
   if hasattr(model, "block_fn"):
     return model.block_fn(i)
-  if isinstance(model, BlockwiseBase):   # homogeneous blocks: the block index only selects the params
-    return lambda bp, h, ctx: model._run_block(bp, h, ctx)  # pylint: disable=protected-access
   return lambda bp, h, ctx: model.apply_block(i, bp, h, ctx)
 
 
 def _program_index(model, i: int) -> int:
-  """Blocks of jquant's homogeneous models share one compiled program (key 0); others compile per block."""
+  """Models with a ``block_fn`` hook have alike blocks that share one compiled program (key 0); others compile
+  per block."""
   if hasattr(model, "block_fn"):
     return i if i == "rest" else 0
-  return 0 if isinstance(model, BlockwiseBase) else i
+  return i
+
+
+def _default_input(mod: nn.Module, args: tuple):
+  """A model without a ``capture_input`` hook: the first argument of any module owning a ``kernel`` param."""
+  return args[0] if args and mod.has_variable("params", "kernel") else None
 
 
 def _reduce(x: jax.Array, mask: jax.Array, stride: int):
@@ -98,20 +101,14 @@ def _capture_program(model, i: int, paths: tuple[str, ...], stride: int):
 
     grab = getattr(model, "capture_input", None)
 
-    def interceptor(next_fun, args, kwargs, context):
-      mod = context.module
-      if context.method_name == "__call__":
-        p = "/".join(mod.path)
-        if p in paths and p not in seen:
-          if grab is not None:
-            x = grab(mod, args, kwargs)
-            if x is not None:
-              seen[p] = (args[0], x)
-          elif isinstance(mod, Linear):
-            seen[p] = (args[0], args[0])
+    def interceptor(next_fun, args, kwargs, p, mod):
+      if p in paths and p not in seen:
+        x = grab(mod, args, kwargs) if grab is not None else _default_input(mod, args)
+        if x is not None:
+          seen[p] = (args[0], x)
       return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(interceptor):
+    with getattr(model, "intercept", linen_intercept)(interceptor):
       out = fn(bp, hidden, ctx)
     missing = [p for p in paths if p not in seen]
     if missing:

@@ -1,4 +1,4 @@
-"""Inputs of every `jquant.models.layers.Linear` in a float forward pass (for per-layer error reports)."""
+"""Inputs of every linear layer (a module with a ``kernel`` param) in a float forward pass (for per-layer error reports)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import numpy as np
 
 
 def capture_linear_inputs(model, params, batches) -> dict[str, np.ndarray]:
-  """Inputs (flattened to (tokens, in), concatenated over batches) of every Linear in a float forward pass."""
-  from jquant.models.layers import Linear  # pylint: disable=import-outside-toplevel
+  """Inputs (flattened to (tokens, in), concatenated over batches) of every module with a ``kernel`` param in a
+  float forward pass."""
   seen: dict[str, list[np.ndarray]] = {}
 
   def grab(next_fun, args, kwargs, context):
-    if isinstance(context.module, Linear) and context.method_name == "__call__":
+    if context.method_name == "__call__" and context.module.has_variable("params", "kernel") and args:
       x = args[0]
       seen.setdefault("/".join(context.module.path), []).append(np.asarray(x.reshape(-1, x.shape[-1])))
     return next_fun(*args, **kwargs)

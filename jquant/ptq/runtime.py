@@ -22,9 +22,10 @@ import numpy as np
 from jquant.core.qarray import QArray
 from jquant.core.views import qarray_to_matrix
 from jquant.ops import qdot
-from jquant.ptq.linen_model import flatten_input, linear_site
+from jquant.ptq.linen_model import linear_site
+from jquant.ptq.traced import flatten_input
 
-__all__ = ["QuantizedRuntime"]
+__all__ = ["QuantizedRuntime", "quantized_linear"]
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -81,26 +82,37 @@ class QuantizedRuntime:
     return self._linear(mod, site, args[0], kernel, has_scale)
 
   def _linear(self, mod, site, x, kernel, has_scale):
-    view = site.view
     dtype = mod.dtype or jnp.result_type(x.dtype, jnp.dtype(kernel.dtype) if isinstance(kernel, QArray)
                                          else kernel.dtype)
-    x = x.astype(dtype)
-    x2 = flatten_input(x, site.x_axes)
-    if has_scale:
-      s = view.vector_from_kernel_rank(mod.get_variable("params", "input_scale"))
-      x2 = x2 * s.astype(x2.dtype)
-    w2 = qarray_to_matrix(kernel, view) if isinstance(kernel, QArray) else view.to_matrix(kernel)
-    y2 = (self.matmul or _default_matmul)(x2, w2)
-    src = {a % x.ndim for a in site.x_axes}
-    free_shape = tuple(x.shape[a] for a in range(x.ndim) if a not in src)
-    y = y2.reshape(free_shape + view.out_shape).astype(dtype)
-    if site.kind == "einsum":
-      a, b = _einsum_layout(site.einsum_str)
-      y = jnp.einsum(f"{a}->{b}", y)
+    scale = mod.get_variable("params", "input_scale") if has_scale else None
+    bias = None
     if site.has_bias:
-      bias = mod.get_variable("params", "bias").astype(dtype)
+      bias = mod.get_variable("params", "bias")
       if site.kind == "einsum":
-        _, shape = mod._get_bias_shape(site.einsum_str, x, np.broadcast_to(np.float32(0), view.shape))  # pylint: disable=protected-access
+        _, shape = mod._get_bias_shape(site.einsum_str, x, np.broadcast_to(np.float32(0), site.view.shape))  # pylint: disable=protected-access
         bias = bias.reshape(shape)
-      y = y + bias
-    return y
+    return quantized_linear(site, x, kernel, scale, bias, dtype, self.matmul)
+
+
+def quantized_linear(site, x: jax.Array, kernel: Any, input_scale: Any, bias: Any, dtype,
+                     matmul: Callable | None = None) -> jax.Array:
+  """One linear computed by jquant: ``x`` laid out as (tokens, K), times ``input_scale`` (kernel-rank or (K,)),
+  ``matmul(x, kernel as (K, N))`` (`jquant.ops.qdot` for a QArray by default), reshaped to the layer's output layout
+  (``site``), plus ``bias`` (already broadcastable to that output)."""
+  view = site.view
+  x = x.astype(dtype)
+  x2 = flatten_input(x, site.x_axes)
+  if input_scale is not None:
+    s = view.vector_from_kernel_rank(input_scale)
+    x2 = x2 * s.astype(x2.dtype)
+  w2 = qarray_to_matrix(kernel, view) if isinstance(kernel, QArray) else view.to_matrix(kernel)
+  y2 = (matmul or _default_matmul)(x2, w2)
+  src = {a % x.ndim for a in site.x_axes}
+  free_shape = tuple(x.shape[a] for a in range(x.ndim) if a not in src)
+  y = y2.reshape(free_shape + view.out_shape).astype(dtype)
+  if site.kind == "einsum":
+    a, b = _einsum_layout(site.einsum_str)
+    y = jnp.einsum(f"{a}->{b}", y)
+  if bias is not None:
+    y = y + bias.astype(dtype)
+  return y

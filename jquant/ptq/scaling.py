@@ -21,8 +21,6 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 
-from jquant.models.minilm import MiniLM
-from jquant.models.smollm2 import SmolLM2
 from jquant.ptq.access import get_in, kernel_of, linear_leaves, set_input_scale, set_kernel
 from jquant.solvers.folding import fold_scales_into_norm, fold_scales_into_prev_linear, scale_weight_rows
 
@@ -46,17 +44,13 @@ class ScalePlan:
 
 
 def scale_plan(model, groups: Sequence[Sequence[str]]) -> ScalePlan:
-  """The fold targets of ``model``'s linear groups (known jquant models; ``input_scale`` for any other model)."""
-  if isinstance(model, SmolLM2) and len(groups) == 4:
-    cfg = model.config
-    o_target = ScaleTarget("linear", "self_attn/v_proj") if cfg.num_kv_heads == cfg.num_heads else ScaleTarget("none")
-    return ScalePlan((ScaleTarget("norm", "input_layernorm", True), o_target,
-                      ScaleTarget("norm", "post_attention_layernorm", True), ScaleTarget("linear", "mlp/up_proj")),
-                     frozenset({"self_attn/q_proj", "self_attn/k_proj"}))
-  if isinstance(model, MiniLM) and len(groups) == 4:
-    return ScalePlan((ScaleTarget("input_scale", None, True), ScaleTarget("linear", "attention/value"),
-                      ScaleTarget("input_scale", None, True), ScaleTarget("input_scale")),
-                     frozenset({"attention/query", "attention/key"}))
+  """Where each linear group's ``1 / s`` goes: the model's own ``scale_plan(groups)`` when it has one (jquant's
+  Llama and BERT models know their norms and foldable linear pairs), else an explicit ``input_scale`` per group."""
+  own = getattr(model, "scale_plan", None)
+  if own is not None:
+    plan = own(groups)
+    if plan is not None:
+      return plan
   return ScalePlan(tuple(ScaleTarget("input_scale") for _ in groups))
 
 
@@ -98,3 +92,16 @@ def apply_group_scales(block: PyTree, target: ScaleTarget, paths: Sequence[str],
   else:
     raise ValueError(f"apply_group_scales: target kind {target.kind!r} cannot take scales.")
   return info
+
+
+def eff_gram(st, leaves) -> jnp.ndarray:
+  """Gram matrix of the matmul's input: captured inputs times the layer's own ``input_scale`` if it has one."""
+  if "input_scale" not in leaves:
+    return st.gram
+  d = leaves["input_scale"].astype(jnp.float32)
+  return st.gram * d[:, None] * d[None, :]
+
+
+def eff_vec(v, leaves) -> jnp.ndarray:
+  """A per-input-channel statistic of the matmul's input (times ``input_scale`` if the layer has one)."""
+  return v * leaves["input_scale"].astype(jnp.float32) if "input_scale" in leaves else v
