@@ -10,6 +10,8 @@ quantized base layer exactly.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import flax.linen as nn
@@ -20,6 +22,7 @@ from flax import nnx
 from jquant.core import calibration_methods as cm
 from jquant.core import granularity as gr
 from jquant.core import qtypes
+from jquant.core.checks import real_scalar
 from jquant.core.quantize import dequantize, quantize
 from jquant.core.spec import QuantSpec
 
@@ -33,8 +36,9 @@ NF4_DQ_G64 = QuantSpec(qtype=qtypes.NF4, granularity=gr.PerGroup(axis=0, size=64
 def _check(rank: int, alpha: float, base_spec, where: str) -> None:
   if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
     raise ValueError(f"{where}: rank={rank!r} must be a positive int, e.g. 8.")
-  if not float(alpha) > 0:
-    raise ValueError(f"{where}: alpha={alpha!r} must be > 0, e.g. 16.")
+  a = real_scalar(alpha, f"{where}: alpha")   # a string '16' or a bool is a TypeError, not silently coerced
+  if not (math.isfinite(a) and a > 0):
+    raise ValueError(f"{where}: alpha={alpha!r} must be a finite number > 0, e.g. 16.")
   if not isinstance(base_spec, QuantSpec):
     raise TypeError(f"{where}: base_spec must be a jq.QuantSpec, got {base_spec!r}.")
 

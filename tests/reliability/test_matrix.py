@@ -332,6 +332,15 @@ add("llm_int8/threshold-array", Ok(lambda r: (X(r, (4, 16), scale=4.0), X(r)), l
 add("weight_absmax/empty", Err(ValueError, r"got no kernels", lambda r: S.weight_absmax([])))
 add("weight_absmax/k-mismatch", Err(ValueError, r"kernels must be \(K, N_i\) with one K", lambda r: S.weight_absmax([X(r), X(r, (8, 8))])))
 
+# ---- QLoRA ----------------------------------------------------------------------------------------------------------
+from jquant.flax.qlora import QLoRADense  # noqa: E402  (flax: imported here, next to its cases)
+
+add("qlora/alpha-str", Err(TypeError, r"QLoRADense: alpha must be a real number, got str", lambda r: QLoRADense(features=4, alpha="16")))
+add("qlora/alpha-bool", Err(TypeError, r"alpha must be a number, got the bool", lambda r: QLoRADense(features=4, alpha=True)))
+add("qlora/alpha-inf", Err(ValueError, r"alpha=inf must be a finite number > 0", lambda r: QLoRADense(features=4, alpha=float("inf"))))
+add("qlora/rank-zero", Err(ValueError, r"rank=0 must be a positive int", lambda r: QLoRADense(features=4, rank=0)))
+add("qlora/base-spec", Err(TypeError, r"base_spec must be a jq.QuantSpec", lambda r: QLoRADense(features=4, base_spec="nf4")))
+
 # ---- params / rules ------------------------------------------------------------------------------------------------
 CFG = jq.QuantConfig(rules=[jq.QuantRule(r".*kernel", I8)])
 add("rules/bad-regex", Err(ValueError, r"'\(' is not a valid regex", lambda r: jq.QuantRule("(", I8)))
