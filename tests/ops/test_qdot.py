@@ -250,3 +250,29 @@ def test_empty_batch(weight):
   x = jnp.zeros((0, 3, K), jnp.bfloat16)
   for impl, kw in (("xla", {}), ("pallas", dict(interpret=True))):
     assert qdot(x, qa, implementation=impl, **kw).shape == (0, 3, N)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["int4_g64", "uint4_asym_pc"])
+def test_auto_dispatch_on_gpu_runs_the_pallas_kernel_and_matches_numpy(rng, weight, name):
+  """On a GPU, ``implementation=None`` picks the Pallas kernel (its custom call is in the compiled program, the
+  XLA path's is not) and the result matches the NumPy float64 reference (bf16 activations)."""
+  assert jax.default_backend() == "gpu"
+  qa = jq.quantize(weight, SPECS[name])
+  x = jnp.asarray(rng.standard_normal((8, K)), jnp.bfloat16)
+  assert pallas_reasons(x, qa) == ()
+  assert "int4_matmul" in jax.jit(qdot).lower(x, qa).as_text()
+  assert "int4_matmul" not in jax.jit(functools.partial(qdot, implementation="xla")).lower(x, qa).as_text()
+  check(qdot(x, qa), x, numpy_dequant(qa), jnp.bfloat16)
+  check(jax.jit(qdot)(x, prepare(qa)), x, numpy_dequant(qa), jnp.bfloat16)
+
+
+@pytest.mark.gpu
+def test_auto_dispatch_on_gpu_runs_the_int8_kernel_for_w8a8(rng, weight):
+  qa = prepare(jq.quantize(weight, jq.QuantSpec(qtype=jq.INT8, granularity=PC)))
+  xq = jq.quantize(jnp.asarray(rng.standard_normal((16, K)), jnp.float32),
+                   jq.QuantSpec(qtype=jq.INT8, granularity=jq.PerToken()))
+  assert "int8_matmul" in jax.jit(qdot).lower(xq, qa).as_text()
+  x_deq = np.asarray(jq.dequantize(xq), np.float64)
+  check(qdot(xq, qa), x_deq, numpy_dequant(jq.quantize(weight, jq.QuantSpec(qtype=jq.INT8, granularity=PC))),
+        jnp.float32)
