@@ -135,6 +135,18 @@ def _set_array(obj: Any, name: str, dtype: Any, check) -> None:
   object.__setattr__(obj, name, jnp.asarray(arr, dtype))
 
 
+def _check_flag(grads_finite) -> jax.Array:
+  """The ``adjust`` argument as a bool ``()`` array; a float or vector is a TypeError/ValueError (0.5 would
+  otherwise count as a finite step)."""
+  flag = jnp.asarray(grads_finite)
+  if flag.dtype != jnp.bool_:
+    raise TypeError(f"adjust(grads_finite) needs a bool, e.g. all_finite(grads); got dtype {flag.dtype}.")
+  if flag.shape != ():
+    raise ValueError(f"adjust(grads_finite) needs a scalar bool, got shape {flag.shape}; reduce it with "
+                     "all_finite(grads).")
+  return flag
+
+
 def _positive_finite(v: float) -> str | None:
   return None if np.isfinite(v) and v > 0 else "must be a finite number > 0."
 
@@ -156,7 +168,7 @@ class NoOpLossScale:
     return tree
 
   def adjust(self, grads_finite: jax.Array) -> NoOpLossScale:
-    del grads_finite
+    _check_flag(grads_finite)
     return self
 
 
@@ -188,7 +200,7 @@ class StaticLossScale:
     return _apply(tree, self.loss_scale, divide=True)
 
   def adjust(self, grads_finite: jax.Array) -> StaticLossScale:
-    del grads_finite
+    _check_flag(grads_finite)
     return self
 
 
@@ -244,7 +256,7 @@ class DynamicLossScale:
       ``scale * factor`` (kept finite in float32) and ``good_steps = 0``.
       Otherwise ``good_steps + 1``.
     """
-    grads_finite = jnp.asarray(grads_finite)
+    grads_finite = _check_flag(grads_finite)
     scale = jnp.asarray(self.scale, jnp.float32)
     min_scale = jnp.asarray(self.min_scale, jnp.float32)
     factor = jnp.asarray(self.factor, jnp.float32)

@@ -53,8 +53,19 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
 
   Returns:
     A pytree with the same structure.
+
+  Raises:
+    TypeError: ``dtype`` is not a dtype, or not a floating one (casting float leaves to ints would silently
+      truncate them).
   """
-  dtype = jnp.dtype(dtype)
+  try:
+    dtype = jnp.dtype(dtype)
+  except TypeError:
+    raise TypeError(f"cast_floating: dtype={dtype!r} is not a dtype; pass e.g. jnp.bfloat16 or jnp.float32.") \
+        from None
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"cast_floating: dtype={dtype} is not floating; mixed precision casts float leaves to another "
+                    "float dtype (jnp.float32, jnp.bfloat16, jnp.float16).")
 
   def cast(x):
     if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating):

@@ -387,6 +387,13 @@ add("mixed_precision/policy-str", Err(TypeError, r"compute_dtype='float17' is no
 add("mixed_precision/loss-scaled-inner", Err(TypeError, r"inner must be an optax.GradientTransformation", lambda r: mp.loss_scaled(None, mp.NoOpLossScale())))
 add("mixed_precision/loss-scaled-scale", Err(TypeError, r"loss_scale must be NoOpLossScale", lambda r: mp.loss_scaled(optax.sgd(0.1), 1024.0)))
 add("mixed_precision/select-tree-vector", Err(ValueError, r"needs a scalar bool predicate", lambda r: mp.select_tree(jnp.asarray([True, False]), 1.0, 2.0)))
+add("mixed_precision/adjust-float-flag", Err(TypeError, r"adjust\(grads_finite\) needs a bool.*got dtype float32", lambda r: mp.DynamicLossScale().adjust(jnp.asarray(0.5))))
+add("mixed_precision/adjust-vector-flag", Err(ValueError, r"needs a scalar bool, got shape \(2,\)", lambda r: mp.DynamicLossScale().adjust(jnp.asarray([True, False]))))
+add("mixed_precision/static-adjust-int-flag", Err(TypeError, r"needs a bool", lambda r: mp.StaticLossScale().adjust(1)))
+add("mixed_precision/cast-to-int", Err(TypeError, r"cast_floating: dtype=int32 is not floating", lambda r: mp.cast_floating({"w": jnp.ones(2)}, jnp.int32)))
+add("mixed_precision/cast-bad-dtype", Err(TypeError, r"dtype='float17' is not a dtype", lambda r: mp.cast_floating({"w": jnp.ones(2)}, "float17")))
+add("mixed_precision/cast-keeps-ints", Ok(lambda r: mp.cast_floating({"w": jnp.ones(2), "i": jnp.arange(2)}, jnp.bfloat16),
+                                          lambda t, r: np.testing.assert_equal((t["w"].dtype, t["i"].dtype), (jnp.bfloat16, jnp.arange(2).dtype))))
 add("mixed_precision/adjust-arithmetic", Ok(lambda r: mp.DynamicLossScale(scale=jnp.asarray(8.0), min_scale=jnp.asarray(3.0)).adjust(jnp.asarray(False)).adjust(jnp.asarray(False)),
                                             lambda s, r: np.testing.assert_equal(float(s.scale), 3.0)))
 add("mixed_precision/overflow-grow-stays-finite", Ok(lambda r: mp.DynamicLossScale(scale=float(np.finfo(np.float32).max), period=1).adjust(jnp.asarray(True)),
