@@ -393,6 +393,9 @@ def gptq(w, hessian, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.
   if w.ndim != 2:
     raise ValueError(f"gptq: w must be a 2-D kernel (K, N), got shape {tuple(w.shape)}; reshape stacked weights "
                      "and solve each slice.")
+  if w.size == 0:
+    raise ValueError(f"gptq: w of shape {tuple(w.shape)} has no elements; there is nothing to quantize (skip the "
+                     "layer).")
   check_hessian(hessian, w.shape[0])
   g = _group_size(spec, w.shape[0])
   if spec.double_quant or spec.stochastic_rounding:

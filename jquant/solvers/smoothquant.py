@@ -62,6 +62,8 @@ def smoothquant_scales(act_absmax, w_absmax, alpha: float = 0.5) -> jax.Array:
   if a.ndim != 1 or a.shape != w.shape:
     raise ValueError(f"smoothquant_scales: act_absmax {tuple(a.shape)} and w_absmax {tuple(w.shape)} must both be "
                      "(K,), one value per input feature.")
+  if a.shape[0] == 0:
+    raise ValueError("smoothquant_scales: got K=0 input features; pass one statistic per input feature.")
   alpha = real_scalar(alpha, "smoothquant_scales: alpha")
   if not 0.0 <= alpha <= 1.0:
     raise ValueError(f"smoothquant_scales: alpha must be in [0, 1], got {alpha!r}.")

@@ -280,6 +280,11 @@ add("gptq/static-groups-no-groups", Err(ValueError, r"static_groups=True needs a
 add("gptq/double-quant", Err(ValueError, r"double_quant or stochastic_rounding are not supported", lambda r: S.gptq(X(r), H(r), jq.QuantSpec(qtype=jq.NF4, double_quant=True))))
 add("gptq/range-overflow", Err(ValueError, r"gptq: w of shape \(16, 8\).*tile \(0, 0\).*spans more than float32 can hold",
                               lambda r: S.gptq(np.where(np.arange(128).reshape(16, 8) == 0, 3e38, np.where(np.arange(128).reshape(16, 8) == 8, -3e38, X(r))).astype(np.float32), H(r), U4G)))
+add("gptq/empty", Err(ValueError, r"gptq: w of shape \(0, 8\) has no elements", lambda r: S.gptq(np.zeros((0, 8), np.float32), np.zeros((0, 0), np.float32), I8)))
+add("smoothquant/empty", Err(ValueError, r"got K=0 input features", lambda r: S.smoothquant_scales(np.zeros(0, np.float32), np.zeros(0, np.float32))))
+add("rtn/empty", Err(ValueError, r"shape \(0, 4\) has no elements", lambda r: S.rtn(np.zeros((0, 4), np.float32), I8)))
+add("lsq_init/empty", Err(ValueError, r"has no elements", lambda r: lsq_init(np.zeros((0, 4), np.float32), I8)))
+add("qdot/empty-batch-ok", Ok(lambda r: jq.qdot(np.zeros((0, 16), np.float32), jq.quantize(X(r), I8)), lambda y, r: np.testing.assert_equal(y.shape, (0, 8))))
 add("hessian/init-zero", Err(ValueError, r"k must be a positive int", lambda r: S.hessian_init(0)))
 add("hessian/init-float", Err(ValueError, r"k must be a positive int", lambda r: S.hessian_init(16.0)))
 add("hessian/update-wrong-k", Err(ValueError, r"x has shape \(16, 8\), expected \(\.\.\., 4\)", lambda r: S.hessian_update(S.hessian_init(4), X(r))))
