@@ -489,6 +489,10 @@ def test_matrix(name, rng, capsys):
     case.check(case.fn(rng), rng)
 
 
-def test_matrix_size():
-  """README states the count; keep it >= 150."""
+def test_matrix_size_and_readme_count():
+  """The issue asks for >= 150 cases, and README.md states the count: keep them in step."""
+  import pathlib
   assert len(CASES) >= 150, len(CASES)
+  readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+  m = re.search(r"a matrix of (\d+) bad or extreme inputs", readme)
+  assert m is not None and int(m.group(1)) == len(CASES), (m and m.group(1), len(CASES))
