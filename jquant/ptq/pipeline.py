@@ -35,7 +35,8 @@ from jquant.core.granularity import PerGroup
 from jquant.core.qarray import QArray
 from jquant.core.quantize import dequantize
 from jquant.ops import qmatmul
-from jquant.ptq.access import (copy_dicts, get_block, get_in, kernel_view, linear_leaves, put_block, set_kernel)
+from jquant.ptq.access import (copy_dicts, get_block, get_in, kernel_view, linear_leaves, put_block, set_in,
+                               set_kernel)
 from jquant.ptq.capture import capture_block, forward_block
 from jquant.ptq.methods import check_method
 from jquant.ptq.protocol import BlockwiseModel
@@ -222,8 +223,12 @@ def _run_block(model, i, name, params, work, out, hs, ctxs, groups, keep, method
   block = copy_dicts(wb)
   method.transform(block, stats, groups, scale_plan(model, groups), lambda p: keep(_full(name, p)),
                    lambda p: kernel_view(model, p))
-  return _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries,
-                           wb=block, ob=copy_dicts(block))
+  ob = copy_dicts(block)
+  if i == "rest":   # ``block`` is the whole working tree (dequantized blocks): keep ``out``'s quantized blocks and
+    ob = copy_dicts(out)     # take the scaled outside linears (a generic model's plan only touches their leaves)
+    for p in (p for g in groups for p in g):
+      set_in(ob, p, copy_dicts(get_in(block, p)))
+  return _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries, wb=block, ob=ob)
 
 
 @functools.lru_cache(maxsize=16)

@@ -79,6 +79,7 @@ W4 = jq.QuantSpec(qtype=jq.UINT4, granularity=jq.PerGroup(axis=0, size=8), symme
 LINEARS = ["attn/q", "attn/k", "attn/v", "attn/o", "gate", "up", "down"]
 PATHS = [f"layers/{i}/{p}" for i in range(2) for p in LINEARS] + ["head"]
 METHODS = {
+    "awq_gptq": jq.ptq.AWQ(W4, gptq=jq.ptq.GPTQ(W4)),     # scales on the quantized model's inputs, then GPTQ
     "rtn": jq.ptq.RTN(W4),
     "gptq": jq.ptq.GPTQ(W4, act_order=True),
     "awq": jq.ptq.AWQ(W4),
@@ -130,11 +131,12 @@ def test_rtn_and_gptq_quantize_every_linear_and_gptq_beats_rtn(rng):
   assert all(np.array_equal(before[k], np.asarray(after[k])) for k in before)
 
 
-@pytest.mark.parametrize("name", ["awq", "smoothquant", pytest.param("llm_int8", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["awq", "smoothquant", pytest.param("llm_int8", marks=pytest.mark.slow),
+                                  pytest.param("awq_gptq", marks=pytest.mark.slow)])
 def test_scaling_and_activation_methods(name, rng):
   model, params, batches, held = _setup(rng)
   qstate, report = jq.ptq.quantize_model(model, params, batches, METHODS[name], progress=False)
-  if name in ("awq", "smoothquant"):            # no producer to fold into on a user model: input_scale Params
+  if name != "llm_int8":                        # no producer to fold into on a user model: input_scale Params
     assert any(k.endswith("/input_scale") for k in _flat(qstate))
   _check_quantized(model, params, qstate, report, METHODS[name], held)
 
@@ -205,3 +207,39 @@ def test_bad_inputs_name_the_problem(rng):
                           batches, jq.ptq.RTN(W4), progress=False)
   with pytest.raises(TypeError, match=r"nnx.state\(model, nnx.Param\)"):
     jq.ptq.quantize_model(model, [1, 2], batches, jq.ptq.RTN(W4), progress=False)
+
+
+class Named(nnx.Module):
+  """Blocks as attributes ``layers_0``, ``layers_1`` (no list)."""
+
+  def __init__(self, rngs):
+    self.embed = nnx.Embed(V, D, rngs=rngs)
+    self.layers_0 = Block(rngs)
+    self.layers_1 = Block(rngs)
+    self.head = nnx.Linear(D, V, rngs=rngs)
+
+  def __call__(self, ids):
+    x = self.embed(ids)
+    mask = jnp.zeros((ids.shape[1], ids.shape[1]), jnp.float32)
+    return self.head(self.layers_1(self.layers_0(x, mask), mask))
+
+
+def test_attribute_blocks_blocks_regex_and_skip(rng):
+  model = Named(nnx.Rngs(int(rng.integers(1 << 30))))
+  params = nnx.state(model, nnx.Param)
+  batches = [jnp.asarray(rng.integers(0, V, (4, T)), jnp.int32) for _ in range(2)]
+  method = jq.ptq.RTN(W4)
+  q1, r1 = jq.ptq.quantize_model(model, params, batches, method, skip=("*/down",), progress=False)
+  q2, r2 = jq.ptq.quantize_model(model, params, batches, method, skip=("*/down",), blocks=r"layers_\d", progress=False)
+  expect = [f"layers_{i}/{p}" for i in range(2) for p in LINEARS if p != "down"] + ["head"]
+  assert sorted(e.path for e in r1.layers) == sorted(expect) == sorted(e.path for e in r2.layers)
+  assert sorted(r1.skipped) == ["layers_0/down", "layers_1/down"]
+  f1, f2 = _flat(q1), _flat(q2)
+  assert not isinstance(f1["layers_0/down/kernel"], jq.QArray)
+  for k in f1:                                    # the regex names the blocks found automatically: same result
+    a = jq.dequantize(f1[k]) if isinstance(f1[k], jq.QArray) else f1[k]
+    b = jq.dequantize(f2[k]) if isinstance(f2[k], jq.QArray) else f2[k]
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=k)
+  held = batches[0]
+  y_run = jax.jit(jq.ptq.runtime_model(model, method).apply)(q1, held)
+  assert _rel(y_run, _float(model, jq.dequantize_params(q1), held)) < 1e-3
