@@ -45,9 +45,13 @@ def test_minilm_w4_g128_gptq_and_awq_beat_rtn(minilm_setup):
     qparams, report = jq.ptq.quantize_model(model, params, batches, method, progress=False)
     assert len(report.layers) == 36
     cos[name] = E.fidelity_metrics(ref, E.embed_texts(model, qparams, paras)).mean_cos
+  print(f"MiniLM w4 g128 mean cos: {cos}")
+  # Deterministic (real weights, fixed texts): benchmarks/RESULTS.md's table at these settings (256 calibration
+  # paragraphs, 512 Hamlet paragraphs): RTN 0.94283, GPTQ act-order 0.98588, AWQ 0.96827. Bounds ~0.003 below
+  # (float32 summation order across machines moves them by ~1e-4); GPTQ without act-order gives 0.98215 and fails.
   assert cos["rtn"] == pytest.approx(0.94283, abs=2e-3), cos       # EVAL.md's RTN baseline
-  assert cos["gptq"] >= 0.97 and cos["gptq"] > cos["rtn"], cos
-  assert cos["awq"] > cos["rtn"], cos
+  assert cos["gptq"] >= 0.983, cos
+  assert cos["awq"] >= 0.965, cos
 
 
 def test_smollm2_w4_g64_gptq_act_order_mse_grid_perplexity():
