@@ -126,7 +126,6 @@ def export_hf(params: dict, kind: str, settings: dict[str, Any], out_dir: str | 
     config = hf_config.llama_hf_config(settings, dtype, bos_id, eos_id)
   else:
     config = hf_config.bert_hf_config(settings, dtype)
-  config["transformers_version"] = "4.46.0"
   if qc is not None:
     config["quantization_config"] = qc
   out = Path(out_dir)
@@ -135,7 +134,7 @@ def export_hf(params: dict, kind: str, settings: dict[str, Any], out_dir: str | 
   (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
   if qc is not None and fmt == "gptq":
     (out / "quantize_config.json").write_text(json.dumps(qc, indent=2) + "\n")
-  gen = {"_from_model_config": True, "transformers_version": "4.46.0"}
+  gen: dict[str, Any] = {"_from_model_config": True}
   if bos_id is not None:
     gen["bos_token_id"] = bos_id
   if eos_id is not None:
