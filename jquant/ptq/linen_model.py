@@ -49,6 +49,15 @@ def linen_intercept(fn):
   return nn.intercept_methods(interceptor)
 
 
+def _input_scales_applied(module):
+  """A context in which linears whose params hold an ``input_scale`` (AWQ / SmoothQuant scales written by
+  ``method.transform`` on the working params, e.g. before ``gptq=`` solves) multiply their input by it, as the
+  quantized runtime does: Flax alone would ignore the extra param. Registered after the pipeline's capture
+  interceptor, so captures still see the linear's raw input."""
+  from jquant.ptq.runtime import QuantizedRuntime  # pylint: disable=import-outside-toplevel  (runtime imports us)
+  return nn.intercept_methods(QuantizedRuntime(module)._interceptor)  # pylint: disable=protected-access
+
+
 def linear_site(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[LinearSite | None, str | None]:
   """(site, None) for a supported linear call, (None, reason) for a module with a kernel it cannot quantize,
   (None, None) for anything else."""
@@ -100,10 +109,11 @@ class LinenModel(TracedModel):
 
   # --- tracing ---
   def _forward(self, variables, batch):
-    if self._apply_fn is not None:
-      return self._apply_fn(variables, batch)
-    args, kwargs = call_args(batch)
-    return self.module.apply(variables, *args, **kwargs)
+    with _input_scales_applied(self.module):
+      if self._apply_fn is not None:
+        return self._apply_fn(variables, batch)
+      args, kwargs = call_args(batch)
+      return self.module.apply(variables, *args, **kwargs)
 
   def _trace(self, params, batch) -> list[_Call]:
     calls: list[_Call] = []
@@ -183,7 +193,8 @@ class LinenModel(TracedModel):
 
   def apply_block(self, i: int, block_params, hidden, ctx):
     args, kwargs = self._join_ctx(ctx)
-    out = self._block_module.apply({"params": block_params}, hidden, *args, **kwargs)
+    with _input_scales_applied(self.module):
+      out = self._block_module.apply({"params": block_params}, hidden, *args, **kwargs)
     return out[0] if self._out_index == 0 else out
 
   def linear_site(self, mod, args, kwargs):

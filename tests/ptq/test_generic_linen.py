@@ -186,3 +186,19 @@ def test_bad_inputs_name_the_problem(rng):
   with pytest.raises(ValueError, match=r"group size 24 does not fit"):
     spec = W4.replace(granularity=jq.PerGroup(axis=0, size=24))
     jq.ptq.quantize_model(model, params, batches, jq.ptq.RTN(spec), progress=False)
+
+
+def test_working_params_with_input_scale_run_as_the_runtime_does(rng):
+  """AWQ / SmoothQuant with gptq= write kernel * s and input_scale = 1 / s into the working params before the
+  solves: the block (and the whole model) must compute the same function, not ignore the extra param."""
+  from jquant.ptq.linen_model import LinenModel
+  model, params, batches, _ = _setup(False, rng)
+  lm = LinenModel(model, params, batches[0])
+  h, ctx = lm.embed(params, batches[0])
+  bp = jax.tree.map(lambda a: a, params["layers_0"])
+  y0 = lm.apply_block(0, bp, h, ctx)
+  s = jnp.asarray(rng.uniform(0.5, 2.0, (D,)), jnp.float32)
+  bp["up"] = {"kernel": bp["up"]["kernel"] * s[:, None], "input_scale": 1.0 / s}
+  assert _rel(lm.apply_block(0, bp, h, ctx), y0) < 1e-5
+  whole = dict(params, layers_0=bp)
+  assert _rel(lm.forward_params(whole, batches[0]), lm.forward_params(params, batches[0])) < 1e-5

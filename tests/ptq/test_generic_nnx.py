@@ -243,3 +243,18 @@ def test_attribute_blocks_blocks_regex_and_skip(rng):
   held = batches[0]
   y_run = jax.jit(jq.ptq.runtime_model(model, method).apply)(q1, held)
   assert _rel(y_run, _float(model, jq.dequantize_params(q1), held)) < 1e-3
+
+
+def test_working_params_with_input_scale_run_as_the_runtime_does(rng):
+  """The adapter's forwards apply an ``input_scale`` written beside a kernel (AWQ / SmoothQuant with gptq=)."""
+  from jquant.ptq.nnx_model import NNXModel
+  model, params, batches, _ = _setup(rng)
+  m = NNXModel(model, params, batches[0])
+  tree = m.params_tree(params)
+  h, ctx = m.embed(tree, batches[0])
+  y0 = m.apply_block(0, tree["layers"]["0"], h, ctx)
+  s = jnp.asarray(rng.uniform(0.5, 2.0, (D,)), jnp.float32)
+  up = tree["layers"]["0"]["up"]
+  tree["layers"]["0"]["up"] = {"kernel": up["kernel"] * s[:, None], "input_scale": 1.0 / s}
+  assert _rel(m.apply_block(0, tree["layers"]["0"], h, ctx), y0) < 1e-5
+  assert _rel(m.forward_params(tree, batches[0]), _float(model, params, batches[0])) < 1e-5
