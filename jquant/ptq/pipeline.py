@@ -49,16 +49,19 @@ PyTree = Any
 _HI = jax.lax.Precision.HIGHEST
 
 
-def runtime_model(model, method):
-  """The model to run ``qparams`` with: for SmoothQuant / LLMInt8, ``model`` rebuilt with ``matmul=method.matmul``
-  (activation quantization at run time); for weight-only methods ``model`` itself.
+def runtime_model(model, method=None):
+  """The model to run quantized params with.
 
   Args:
-    model: a ``jquant.models.SmolLM2`` / ``MiniLM`` (anything with ``config``, ``tokenizer`` and a
-      ``(config, matmul=, tokenizer=)`` constructor), or a factory ``f(matmul=...) -> model``.
-    method: the method config given to `quantize_model`.
+    model: a Flax Linen or NNX module (returns an object whose ``.apply(variables, *args, **kwargs)`` runs the
+      unmodified module with QArray kernels through `jquant.ops.qdot`, input scales applied, and the method's
+      activation-quantizing matmul for SmoothQuant / LLMInt8), a ``jquant.models.SmolLM2`` / ``MiniLM`` (rebuilt
+      with ``matmul=method.matmul`` when the method has one), or a factory ``f(matmul=...) -> model``.
+    method: the method given to `quantize_model`; None for weight-only params from any source
+      (``jq.quantize_params``, ``jq.qat.convert``, a Hugging Face checkpoint).
   """
-  check_method(method)
+  if method is not None:
+    check_method(method)
   mm = getattr(method, "matmul", None)
   if _is_nnx_module(model):
     from jquant.ptq.nnx_model import NNXRuntime  # pylint: disable=import-outside-toplevel

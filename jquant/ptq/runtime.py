@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core.qarray import QArray
+from jquant.core.quantize import dequantize
 from jquant.core.views import qarray_to_matrix
 from jquant.ops import qdot
 from jquant.ptq.linen_model import linear_site
@@ -105,7 +106,13 @@ def quantized_linear(site, x: jax.Array, kernel: Any, input_scale: Any, bias: An
   if input_scale is not None:
     s = view.vector_from_kernel_rank(input_scale)
     x2 = x2 * s.astype(x2.dtype)
-  w2 = qarray_to_matrix(kernel, view) if isinstance(kernel, QArray) else view.to_matrix(kernel)
+  if isinstance(kernel, QArray):
+    try:
+      w2 = qarray_to_matrix(kernel, view)
+    except ValueError:       # a layout the matmul kernels do not take (e.g. quantize_params' own rules): the
+      w2 = view.to_matrix(dequantize(kernel, dtype))     # dequantize fuses into the jit-compiled matmul
+  else:
+    w2 = view.to_matrix(kernel)
   y2 = (matmul or _default_matmul)(x2, w2)
   src = {a % x.ndim for a in site.x_axes}
   free_shape = tuple(x.shape[a] for a in range(x.ndim) if a not in src)

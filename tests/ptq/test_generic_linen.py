@@ -202,3 +202,17 @@ def test_working_params_with_input_scale_run_as_the_runtime_does(rng):
   assert _rel(lm.apply_block(0, bp, h, ctx), y0) < 1e-5
   whole = dict(params, layers_0=bp)
   assert _rel(lm.forward_params(whole, batches[0]), lm.forward_params(params, batches[0])) < 1e-5
+
+
+def test_runtime_runs_quantize_params_output(rng):
+  """runtime_model(model) (no PTQ method) runs weight-only params from jq.quantize_params, whatever their rules:
+  per-group on 2-D kernels (qdot), per-channel of the last axis only on N-D kernels (dequantized in the matmul)."""
+  model, params, _, held = _setup(False, rng)
+  w8_last = jq.QuantSpec(qtype=jq.INT8, granularity=jq.PerChannel(axis=-1))
+  cfg = jq.QuantConfig(rules=[jq.QuantRule(r".*/(gate|up|down)/kernel", W4), jq.QuantRule(r".*/kernel", w8_last)],
+                       skip=[r".*bias", r".*scale", r"embed/.*"])
+  qparams = jq.quantize_params(params, cfg)
+  assert isinstance(qparams["layers_0"]["o"]["kernel"], jq.QArray)
+  y_run = jax.jit(jq.ptq.runtime_model(model).apply)({"params": qparams}, held)
+  y_deq = model.apply({"params": jq.dequantize_params(qparams)}, held)
+  assert _rel(y_run, y_deq) < 1e-5
