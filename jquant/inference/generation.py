@@ -50,12 +50,24 @@ class GenerationResult:
 def model_config(model: Any) -> tuple[LlamaConfig, MatmulFn | None]:
   """(LlamaConfig, the model's matmul or None) of a LlamaConfig or a model with one."""
   if isinstance(model, LlamaConfig):
+    check_cached_support(model)
     return model, None
   cfg = getattr(model, "config", None)
   if not isinstance(cfg, LlamaConfig):
     raise TypeError(f"expected a LlamaConfig or a model with a LlamaConfig .config (e.g. jquant.models.SmolLM2), "
                     f"got {type(model).__name__}.")
+  check_cached_support(cfg)
   return cfg, getattr(model, "matmul", None)
+
+
+def check_cached_support(cfg: LlamaConfig) -> None:
+  """The cached runtime has no attention biases and only a tied head: refuse other configs instead of computing a
+  wrong model."""
+  missing = [n for n, on in (("q/k/v biases", cfg.qkv_bias), ("an o_proj bias", cfg.o_bias),
+                             ("an untied lm_head", not cfg.tie_embeddings)) if on]
+  if missing:
+    raise ValueError(f"the cached inference runtime does not support {', '.join(missing)} yet (config {cfg}); "
+                     "evaluate this model without the KV cache (jquant.eval.perplexity).")
 
 
 def _check_ids(ids, what: str, vocab_size: int) -> jax.Array:

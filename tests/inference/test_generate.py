@@ -189,3 +189,14 @@ def test_bad_inputs(rng):
   _, full = prefill(model, params, prompt[:, :3], cache)
   with pytest.raises(ValueError, match=r"cache holds 3 positions of 4; decoding 3 tokens needs 2 more"):
     decode(model, params, jnp.zeros((1,), jnp.int32), full, max_new_tokens=3)
+
+
+@pytest.mark.parametrize("change", [dict(qkv_bias=True), dict(o_bias=True), dict(tie_embeddings=False)])
+def test_cached_runtime_refuses_what_it_cannot_compute(change):
+  import dataclasses as _dc
+  from jquant.inference.generation import model_config
+  from jquant.models.llama import LlamaConfig
+  cfg = _dc.replace(LlamaConfig(vocab_size=64, hidden=32, intermediate=64, num_layers=1, num_heads=4,
+                                num_kv_heads=2), **change)
+  with pytest.raises(ValueError, match="cached inference runtime does not support"):
+    model_config(cfg)
