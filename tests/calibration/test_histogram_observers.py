@@ -112,15 +112,21 @@ def test_kl_equals_dynamic_when_first_batch_holds_the_max(rng):
   dyn, _ = jq.core.compute_qparams(jnp.asarray(np.concatenate(xs)), spec)
   if np.allclose(scale, dyn, rtol=1e-6):
     return
-  # A value on a bin edge can land in the neighbouring bin (streamed vs one-shot float32 binning): then the two
-  # thresholds may differ by that one bin, and the streamed one is optimal on its own histogram.
+  # Otherwise a value on a bin edge landed in the neighbouring bin (streamed vs one-shot float32 binning). On this
+  # sparse histogram (3072 values, ~40 non-empty bins of 512) one count moving one bin can move the KL argmin far:
+  # measured over 94 seeds, 2 differed (thresholds at bins 256 vs 128 and 231 vs 257), each time with the
+  # histograms equal but for one edge value. So check what holds exactly: the streamed histogram is the NumPy
+  # float64 histogram except for values within float32 rounding of a bin edge, and the streamed threshold minimises
+  # the NumPy KL over the streamed histogram.
   width = float(state.range.reshape(())) / 512
   hist = np.asarray(state.pos + state.neg).reshape(-1)
   hist = np.concatenate([hist[:-2], hist[-2:-1] + hist[-1:]])
+  a = np.abs(np.concatenate(xs).astype(np.float64)).ravel()
+  ref, _ = np.histogram(a, bins=512, range=(0.0, 512 * width))
+  on_edge = np.sum(np.abs(a / width - np.round(a / width)) < 1e-4)
+  assert np.abs(hist - ref).sum() <= 2 * on_edge, (np.abs(hist - ref).sum(), on_edge)
   kls = np_ref.kl_divergences(hist, nq=128)
-  t_s, t_d = float(np.asarray(scale).reshape(())) * 127, float(np.asarray(dyn).reshape(())) * 127
-  assert abs(t_s - t_d) <= width * (1 + 1e-4), (t_s / width, t_d / width)
-  i = int(np.round(t_s / width))
+  i = int(np.round(float(np.asarray(scale).reshape(())) * 127 / width))
   assert kls[i] <= min(kls.values()) + 1e-9, (i, kls[i], min(kls.values()))
 
 
