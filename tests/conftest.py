@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "gpu" in item.keywords and not on_gpu:
       item.add_marker(skip)
-    if {"rng", "key"} & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("hypothesis"):
+    if {"rng", "key", "module_seed"} & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("hypothesis"):
       item.add_marker(pytest.mark.randomized)
 
 
@@ -76,6 +76,12 @@ def rng(request):
   seed = test_seed(request.node.nodeid)
   request.node.user_properties.append(("seed", seed))
   return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="module")
+def module_seed(request):
+  """A seed for module-scoped fixtures (tiny models built once per module): crc32(module id) + base."""
+  return test_seed(request.node.nodeid)
 
 
 @pytest.fixture

@@ -36,12 +36,17 @@ _GGUF_BLOCK_NAMES = {
 }
 
 
-def _input_ids(batch: Any) -> jax.Array:
+def _input_ids(batch: Any, vocab_size: int | None = None) -> jax.Array:
   ids = batch["input_ids"] if isinstance(batch, dict) else batch
   if not hasattr(ids, "ndim") or ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
     raise TypeError(f"SmolLM2 batch must be a (B, T) integer array of token ids or a dict with 'input_ids', got "
                     f"{type(ids).__name__} with shape {getattr(ids, 'shape', None)} and dtype "
                     f"{getattr(ids, 'dtype', None)}.")
+  if vocab_size is not None and ids.size and not isinstance(ids, jax.core.Tracer):
+    lo, hi = int(jnp.min(ids)), int(jnp.max(ids))
+    if lo < 0 or hi >= vocab_size:    # nn.Embed would read outside the table (NaN rows), not fail
+      raise ValueError(f"SmolLM2: token ids in [{lo}, {hi}] lie outside the vocabulary [0, {vocab_size}); encode "
+                       "text with model.encode / encode_batch.")
   return ids
 
 
@@ -86,7 +91,7 @@ class SmolLM2(BlockwiseBase):
     return llama.linear_groups()
 
   def embed(self, params: PyTree, batch: PyTree) -> tuple[jax.Array, PyTree]:
-    return run_method(self.module, params, llama.LlamaLM.embed, _input_ids(batch))
+    return run_method(self.module, params, llama.LlamaLM.embed, _input_ids(batch, self.config.vocab_size))
 
   def _block_args(self, ctx: PyTree) -> tuple:
     return ctx["cos"], ctx["sin"]
@@ -98,7 +103,7 @@ class SmolLM2(BlockwiseBase):
   def apply(self, params: PyTree, batch: PyTree) -> jax.Array:
     """(B, T) token ids -> (B, T, vocab) float32 logits."""
     self._check_params(params)
-    return self.module.apply({"params": params}, _input_ids(batch))
+    return self.module.apply({"params": params}, _input_ids(batch, self.config.vocab_size))
 
   def encode(self, text: str) -> list[int]:
     """Token ids of ``text`` (no BOS: the GGUF says add_bos_token = False)."""

@@ -10,13 +10,13 @@ from tests.eval.helpers import random_text, tiny_encoder, tiny_lm
 
 
 @pytest.fixture(scope="module")
-def lm():
-  return tiny_lm(int(np.random.SeedSequence().entropy % (2**31)))
+def lm(module_seed):
+  return tiny_lm(module_seed)
 
 
 @pytest.fixture(scope="module")
-def encoder():
-  return tiny_encoder(int(np.random.SeedSequence().entropy % (2**31)))
+def encoder(module_seed):
+  return tiny_encoder(module_seed + 1)
 
 
 def _np_nll(logits, ids):

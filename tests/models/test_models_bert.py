@@ -13,8 +13,8 @@ from tests.models.helpers import TINY_BERT, randomize
 
 
 @pytest.fixture(scope="module")
-def tiny():
-  seed = int(np.random.SeedSequence().entropy % (2**31))
+def tiny(module_seed):
+  seed = module_seed
   model = MiniLM(TINY_BERT)
   return model, randomize(jax.eval_shape(model.init, jax.random.key(seed)), np.random.default_rng(seed))
 

@@ -14,9 +14,9 @@ from tests.models.helpers import TINY_LLAMA, randomize
 
 
 @pytest.fixture(scope="module")
-def tiny():
-  """One tiny model per module (init is the slow part); seeded freshly each run."""
-  seed = int(np.random.SeedSequence().entropy % (2**31))
+def tiny(module_seed):
+  """One tiny model per module (init is the slow part); seeded per module (fresh under JQUANT_TEST_SEED=random)."""
+  seed = module_seed
   model = SmolLM2(TINY_LLAMA)
   shapes = jax.eval_shape(model.init, jax.random.key(seed))
   return model, randomize(shapes, np.random.default_rng(seed))
@@ -142,3 +142,14 @@ def test_input_scale_in_params_is_used(tiny, rng):
   broken = jax.tree.map(lambda x: x, scaled)
   broken["layers_1"]["mlp"]["down_proj"] = {"kernel": down["kernel"], "input_scale": s}
   assert not np.allclose(fwd(broken, ids), fwd(params, ids), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [-1, TINY_LLAMA.vocab_size])
+def test_token_ids_outside_the_vocabulary_are_errors(tiny, bad):
+  model, params = tiny[0], tiny[1]
+  ids = np.zeros((1, 4), np.int32)
+  ids[0, 2] = bad
+  with pytest.raises(ValueError, match=r"outside the vocabulary \[0, %d\)" % TINY_LLAMA.vocab_size):
+    model.apply(params, jnp.asarray(ids))
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    model.embed(params, jnp.asarray(ids))

@@ -1,6 +1,5 @@
 """NumPy float64 references for fake quantization (clipped STE) and LSQ gradients."""
 
-import os
 import zlib
 
 import ml_dtypes
@@ -8,9 +7,9 @@ import numpy as np
 
 
 def fresh_rng(test_id: str) -> np.random.Generator:
-  """Fresh randomness per run, derived from the test id (JQUANT_TEST_SEED pins it)."""
-  base = int(os.environ.get("JQUANT_TEST_SEED", str(np.random.SeedSequence().entropy % (2**31))))
-  return np.random.default_rng((zlib.crc32(test_id.encode()) + base) % (2**31))
+  """Randomness derived from the test id and the suite's seed base (fixed unless JQUANT_TEST_SEED says otherwise)."""
+  from tests.conftest import SEED_BASE  # pylint: disable=import-outside-toplevel
+  return np.random.default_rng((zlib.crc32(test_id.encode()) + SEED_BASE) % (2**31))
 
 
 def tiles(x, block):
