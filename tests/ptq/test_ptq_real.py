@@ -46,9 +46,9 @@ def test_minilm_w4_g128_gptq_and_awq_beat_rtn(minilm_setup):
     assert len(report.layers) == 36
     cos[name] = E.fidelity_metrics(ref, E.embed_texts(model, qparams, paras)).mean_cos
   print(f"MiniLM w4 g128 mean cos: {cos}")
-  # Deterministic (real weights, fixed texts): benchmarks/RESULTS.md's table at these settings (256 calibration
-  # paragraphs, 512 Hamlet paragraphs): RTN 0.94283, GPTQ act-order 0.98588, AWQ 0.96827. Bounds ~0.003 below
-  # (float32 summation order across machines moves them by ~1e-4); GPTQ without act-order gives 0.98215 and fails.
+  # Deterministic (real weights, fixed texts). Measured by this test (2026-12-04): RTN 0.94283, GPTQ act-order
+  # 0.98673, AWQ 0.96964 (benchmarks/RESULTS.md's earlier table: 0.98588 / 0.96827). Bounds ~0.004 below; GPTQ
+  # without act-order (0.98215 in that table) and RTN in place of a solver fail them.
   assert cos["rtn"] == pytest.approx(0.94283, abs=2e-3), cos       # EVAL.md's RTN baseline
   assert cos["gptq"] >= 0.983, cos
   assert cos["awq"] >= 0.965, cos
