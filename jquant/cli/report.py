@@ -42,7 +42,8 @@ def layer_table(params, qparams, inputs: dict[str, np.ndarray]) -> list[dict]:
     w = jnp.asarray(flat_f[path], jnp.float32)
     wq = jq.dequantize(qa, jnp.float32)
     row = {"layer": path.rsplit("/kernel", 1)[0], "qtype": qa.qtype.name, "bytes": qa.nbytes,
-           "bytes_fp32": int(w.size * 4), "weight_sqnr_db": float(jq.sqnr(w, wq))}
+           "bytes_fp32": int(w.size * 4), "weight_sqnr_db": float(jq.sqnr(w, wq)),
+           "bytes_int8": int(w.size + 4 * w.shape[-1])}    # int8 codes + one float32 scale per output channel
     x = inputs.get(row["layer"])
     if x is not None:
       x = jnp.asarray(x, jnp.float32)
@@ -61,11 +62,12 @@ def _subtree(tree, path: str):
 
 
 def suggest_8bit(rows: list[dict], budget_bytes: float) -> list[str]:
-  """Greedy: upgrade the worst layers (by output SQNR) to int8 (~1 byte/weight) while the total fits."""
+  """Greedy: upgrade the worst layers (by output SQNR) to int8 per-channel (``bytes_int8``: codes + scales; ~1 byte
+  per weight when a row lacks it) while the total fits."""
   total = sum(r["bytes"] for r in rows)
   keep = []
   for r in rows:
-    extra = r["bytes_fp32"] // 4 - r["bytes"]
+    extra = r.get("bytes_int8", r["bytes_fp32"] // 4) - r["bytes"]
     if extra > 0 and total + extra <= budget_bytes:
       keep.append(r["layer"])
       total += extra
