@@ -41,7 +41,7 @@ INTEROP_VENV ?= .venv-interop
 PYTHON311 ?= python3.11
 $(INTEROP_VENV)/.stamp: Makefile
 	@test -x $(INTEROP_VENV)/bin/python || $(PYTHON311) -m venv $(INTEROP_VENV)
-	$(INTEROP_VENV)/bin/pip install -q "torch==2.13.0" "transformers==5.25.0" "compressed-tensors==0.15.0.1" safetensors numpy
+	$(INTEROP_VENV)/bin/pip install -q "torch==2.13.0" "transformers==5.25.0" "compressed-tensors==0.15.0.1" safetensors numpy psutil
 	@touch $@
 
 interop-venv: $(INTEROP_VENV)/.stamp
