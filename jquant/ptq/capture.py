@@ -71,7 +71,7 @@ def _program_index(model, i: int) -> int:
   return i
 
 
-def _default_input(mod: nn.Module, args: tuple):
+def _default_input(mod, args: tuple):
   """A model without a ``capture_input`` hook: the first argument of any module owning a ``kernel`` param."""
   return args[0] if args and mod.has_variable("params", "kernel") else None
 

@@ -27,10 +27,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from jquant.core.views import MatrixView
 from jquant.ptq.batches import call_args
-from jquant.ptq.traced import (LinearSite, TracedModel, _Call, _path_str, _Stop, flatten_input,  # noqa: F401
-                               parse_einsum)
+from jquant.ptq.traced import (LinearSite, TracedModel, _Call, _path_str, _Stop, classify_linear,  # noqa: F401
+                               flatten_input)
 
 PyTree = Any
 
@@ -67,26 +66,15 @@ def linear_site(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[LinearSite |
   kshape = tuple(getattr(kernel, "shape", ()))
   x = args[0] if args else None
   has_bias = mod.has_variable("params", "bias")
-  if x is None or not hasattr(x, "ndim"):
-    return None, f"{type(mod).__name__}: first argument is not an array"
-  if type(mod) is nn.Dense or isinstance(mod, nn.Dense):
-    if len(kshape) != 2:
-      return None, f"Dense kernel of rank {len(kshape)}"
-    return LinearSite("dense", MatrixView.dense(kshape, 1), (-1,), None, has_bias), None
+  if isinstance(mod, nn.Dense):
+    return classify_linear("dense", "Dense", kshape, x, has_bias)
   if isinstance(mod, nn.DenseGeneral):
-    if mod.batch_dims:
-      return None, "DenseGeneral with batch_dims"
-    axis = mod.axis if isinstance(mod.axis, (tuple, list)) else (mod.axis,)
-    x_axes = tuple((a % x.ndim) - x.ndim for a in axis)
-    return LinearSite("dense_general", MatrixView.dense(kshape, len(axis)), x_axes, None, has_bias), None
+    return classify_linear("dense_general", "DenseGeneral", kshape, x, has_bias, axis=mod.axis,
+                           unsupported="DenseGeneral with batch_dims" if mod.batch_dims else None)
   if isinstance(mod, nn.Einsum):
     eq = kwargs.get("einsum_str") or (args[1] if len(args) > 1 else None) or mod.einsum_str
-    parsed, why = parse_einsum(eq or "", x.ndim, len(kshape))
-    if parsed is None:
-      return None, why
-    in_axes, out_axes, x_axes = parsed
-    return LinearSite("einsum", MatrixView(kshape, in_axes, out_axes), x_axes, eq.replace(" ", ""), has_bias), None
-  return None, f"{type(mod).__name__} (a module with a 'kernel' param jquant cannot quantize)"
+    return classify_linear("einsum", "Einsum", kshape, x, has_bias, einsum_str=eq)
+  return classify_linear(None, type(mod).__name__, kshape, x, has_bias)
 
 
 class LinenModel(TracedModel):

@@ -36,10 +36,9 @@ import numpy as np
 from flax import nnx
 
 from jquant.core.qarray import QArray
-from jquant.core.views import MatrixView
 from jquant.ptq.batches import call_args
 from jquant.ptq.runtime import quantized_linear
-from jquant.ptq.traced import LinearSite, TracedModel, _Call, _Stop, parse_einsum
+from jquant.ptq.traced import LinearSite, TracedModel, _Call, _Stop, classify_linear
 
 PyTree = Any
 
@@ -101,26 +100,15 @@ def nnx_linear_site(mod, args: tuple, kwargs: dict) -> tuple[LinearSite | None, 
   x = args[0] if args else None
   has_bias = getattr(mod, "bias", None) is not None
   name = type(mod).__name__
-  if x is None or not hasattr(x, "ndim"):
-    return None, f"{name}: first argument is not an array"
   if isinstance(mod, nnx.Linear):
-    if len(kshape) != 2:
-      return None, f"Linear kernel of rank {len(kshape)}"
-    return LinearSite("dense", MatrixView.dense(kshape, 1), (-1,), None, has_bias), None
+    return classify_linear("dense", "Linear", kshape, x, has_bias)
   if isinstance(mod, nnx.LinearGeneral):
-    if mod.batch_axis:
-      return None, "LinearGeneral with batch_axis"
-    axis = tuple(mod.axis)
-    x_axes = tuple((a % x.ndim) - x.ndim for a in axis)
-    return LinearSite("dense_general", MatrixView.dense(kshape, len(axis)), x_axes, None, has_bias), None
+    return classify_linear("dense_general", "LinearGeneral", kshape, x, has_bias, axis=mod.axis,
+                           unsupported="LinearGeneral with batch_axis" if mod.batch_axis else None)
   if isinstance(mod, nnx.Einsum):
     eq = kwargs.get("einsum_str") or (args[1] if len(args) > 1 else None) or mod.einsum_str
-    parsed, why = parse_einsum(eq or "", x.ndim, len(kshape))
-    if parsed is None:
-      return None, why
-    in_axes, out_axes, x_axes = parsed
-    return LinearSite("einsum", MatrixView(kshape, in_axes, out_axes), x_axes, eq.replace(" ", ""), has_bias), None
-  return None, f"{name} (a module with a 'kernel' param jquant cannot quantize)"
+    return classify_linear("einsum", "Einsum", kshape, x, has_bias, einsum_str=eq)
+  return classify_linear(None, name, kshape, x, has_bias)
 
 
 class _Graph:

@@ -79,6 +79,35 @@ def parse_einsum(eq: str, x_ndim: int, k_ndim: int):
   return (in_axes, out_axes, x_axes), None
 
 
+def classify_linear(kind: str | None, name: str, kshape: tuple, x, has_bias: bool, *, axis=None,
+                    unsupported: str | None = None, einsum_str: str | None = None):
+  """(LinearSite, None) or (None, reason) for a linear call of a known kind, shared by the Linen and NNX adapters.
+
+  ``kind``: "dense" (a (K, N) kernel), "dense_general" (the kernel's leading ``len(axis)`` axes are contracted
+  with x's ``axis``), "einsum" (``einsum_str``), or None for a module with a kernel jquant cannot quantize;
+  ``unsupported``: a reason that makes a known kind unsupported (e.g. batch dims)."""
+  if x is None or not hasattr(x, "ndim"):
+    return None, f"{name}: first argument is not an array"
+  if kind is None:
+    return None, f"{name} (a module with a 'kernel' param jquant cannot quantize)"
+  if unsupported is not None:
+    return None, unsupported
+  if kind == "dense":
+    if len(kshape) != 2:
+      return None, f"{name} kernel of rank {len(kshape)}"
+    return LinearSite("dense", MatrixView.dense(kshape, 1), (-1,), None, has_bias), None
+  if kind == "dense_general":
+    axis = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    x_axes = tuple((a % x.ndim) - x.ndim for a in axis)
+    return LinearSite("dense_general", MatrixView.dense(kshape, len(axis)), x_axes, None, has_bias), None
+  parsed, why = parse_einsum(einsum_str or "", x.ndim, len(kshape))
+  if parsed is None:
+    return None, why
+  in_axes, out_axes, x_axes = parsed
+  return LinearSite("einsum", MatrixView(kshape, in_axes, out_axes), x_axes, einsum_str.replace(" ", ""),
+                    has_bias), None
+
+
 def flatten_input(x: jax.Array, x_axes: Sequence[int]) -> jax.Array:
   """The input of a linear as (tokens, K): contracted axes moved last (kernel order), the rest flattened."""
   nd = x.ndim
@@ -110,7 +139,7 @@ _INDEXED = re.compile(r"^(.*?)(\d+)$")
 @dataclasses.dataclass
 class _Call:
   path: tuple[str, ...]
-  module: nn.Module          # unbound clone
+  module: Any                # an unbound clone (Linen) or the module (NNX)
   args: tuple
   kwargs: dict
   out: Any
