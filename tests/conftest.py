@@ -11,6 +11,7 @@ sequence) unless ``JQUANT_TEST_SEED=random`` (then its ``fuzz`` profile draws fr
 """
 
 import os
+import secrets
 import zlib
 
 import hypothesis
@@ -26,7 +27,7 @@ def _seed_base() -> int:
   if raw in ("", "fixed"):
     return _DEFAULT_BASE
   if raw == "random":
-    return int(np.random.SeedSequence().entropy % (2**31))
+    return secrets.randbits(31)        # make fuzz: a fresh base per run
   try:
     return int(raw)
   except ValueError:

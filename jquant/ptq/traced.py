@@ -177,11 +177,11 @@ class TracedModel:
   # --- framework side (subclasses) ---
   def linear_site(self, mod, args: tuple, kwargs: dict):
     """(site, None) for a supported linear call, (None, reason) for an unsupported kernel module, else (None, None)."""
-    raise NotImplementedError
+    raise NotImplementedError(f"{type(self).__name__}: a framework adapter must implement linear_site")
 
   def forward_params(self, params, batch):
     """The whole model on a params dict and a calibration batch."""
-    raise NotImplementedError
+    raise NotImplementedError(f"{type(self).__name__}: a framework adapter must implement forward_params")
 
   def params_tree(self, params):
     """The user's params as the nested dict the pipeline works on."""
