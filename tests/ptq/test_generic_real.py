@@ -4,6 +4,7 @@ act-order w4 g64 through the generic (interception) path."""
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -20,6 +21,7 @@ BLOCKWISE_PPL = 48.938
 def _example():
   spec = importlib.util.spec_from_file_location("ptq_your_model", os.path.join(ROOT, "examples", "ptq_your_model.py"))
   mod = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = mod      # dataclasses (Flax modules) look their module up while the class is created
   spec.loader.exec_module(mod)
   return mod
 
