@@ -22,20 +22,11 @@ import numpy as np
 from jquant.core.qarray import QArray
 from jquant.core.quantize import dequantize
 from jquant.core.views import qarray_to_matrix
-from jquant.ops import qdot
+from jquant.ops import qmatmul
 from jquant.ptq.linen_model import linear_site
 from jquant.ptq.traced import flatten_input
 
 __all__ = ["QuantizedRuntime", "quantized_linear"]
-
-_HI = jax.lax.Precision.HIGHEST
-
-
-def _default_matmul(x: jax.Array, w: Any) -> jax.Array:
-  if isinstance(w, QArray):
-    return qdot(x, w)
-  return jnp.matmul(x, w.astype(x.dtype), precision=_HI)
-
 
 def _einsum_layout(eq: str) -> tuple[str, str]:
   """(src, dst) subscripts taking (x free axes..., kernel output axes...) to the einsum's output order."""
@@ -113,7 +104,7 @@ def quantized_linear(site, x: jax.Array, kernel: Any, input_scale: Any, bias: An
       w2 = view.to_matrix(dequantize(kernel, dtype))     # dequantize fuses into the jit-compiled matmul
   else:
     w2 = view.to_matrix(kernel)
-  y2 = (matmul or _default_matmul)(x2, w2)
+  y2 = (matmul or qmatmul)(x2, w2)
   src = {a % x.ndim for a in site.x_axes}
   free_shape = tuple(x.shape[a] for a in range(x.ndim) if a not in src)
   y = y2.reshape(free_shape + view.out_shape).astype(dtype)

@@ -28,6 +28,7 @@ import numpy as np
 
 from jquant.core.qarray import QArray
 from jquant.core.views import MatrixView, stack_qarrays
+from jquant.ptq.access import get_in
 
 PyTree = Any
 
@@ -119,14 +120,12 @@ def flatten_input(x: jax.Array, x_axes: Sequence[int]) -> jax.Array:
 
 
 def _path_str(path: Sequence[str]) -> str:
+  """A module path as '/'-joined names (unlike core.paths.path_str, a last name "value" is a module, kept)."""
   return "/".join(str(p) for p in path)
 
 
 def _get_in(tree, path: Sequence[str]):
-  node = tree
-  for p in path:
-    node = node[p]
-  return node
+  return get_in(tree, _path_str(path))
 
 
 def _struct(tree) -> Any:
