@@ -1,6 +1,7 @@
 """``python -m jquant``: one module per subcommand.
 
-Each subcommand module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. To add
+Each subcommand module defines ``NAME``, ``HELP``, ``EPILOG`` (2-3 worked examples ending its ``--help``),
+``add_arguments(parser)`` and ``run(args) -> int``. To add
 one (``demo``, ``quantize``, ``report``), create ``jquant/cli/<name>.py`` and list it in ``SUBCOMMANDS``.
 Results go to stdout; progress and errors go to stderr; failures exit non-zero.
 """
@@ -18,13 +19,23 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 SUBCOMMANDS: tuple[str, ...] = ("demo", "quantize", "eval", "report", "export", "fetch_assets")
 
 
+EPILOG = """examples:
+  make demo                                          # every method on SmolLM2: table + plot in demo_out/
+  python -m jquant quantize --model smollm2 --method gptq --bits 4 --act-order --grid mse --out q/
+  python -m jquant eval q/ && python -m jquant report q/ --budget-mb 80
+
+'python -m jquant COMMAND --help' shows each command's options and examples.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m jquant",
-                                   description="jquant: quantize JAX/Flax models (see README.md).")
+  parser = argparse.ArgumentParser(prog="python -m jquant", description="jquant: quantize JAX/Flax models (see "
+                                   "README.md).", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
   for mod_name in SUBCOMMANDS:
     mod = importlib.import_module(f"jquant.cli.{mod_name}")
-    p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+    p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP, epilog=mod.EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     mod.add_arguments(p)
     p.set_defaults(_run=mod.run)
   return parser

@@ -12,13 +12,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 import jquant as jq
 
 MODELS = ("smollm2", "minilm")
 METHODS = ("rtn", "gptq", "awq", "smoothquant", "llm_int8")
+DATA_FREE = ("rtn",)      # methods whose weights need no calibration data (quantized without a calibration pass)
 DEFAULT_GROUP = {"smollm2": 64, "minilm": 128}
+# The token embedding table per model family: SmolLM2's is also its tied LM head (113 MB of 513 in fp32).
+EMBEDDING_PATH = {"smollm2": "embed_tokens/embedding", "minilm": "embeddings/word_embeddings/embedding"}
+EMBEDDINGS = ("int8", "int4", "float")
 
 
 def log(msg: str) -> None:
@@ -46,6 +52,50 @@ def weight_spec(bits: int, group_size: int | None, grid: str = "minmax") -> jq.Q
   gran = jq.PerChannel(axis=-1) if not group_size or group_size < 0 else jq.PerGroup(axis=0, size=group_size)
   calibration = jq.MSE(grid=40, min_ratio=0.6) if grid == "mse" else None
   return jq.QuantSpec(qtype=qtype, granularity=gran, symmetric=False, calibration=calibration)
+
+
+def embedding_spec(kind: str) -> jq.QuantSpec | None:
+  """The token embedding's grid: ``int8`` symmetric per row (one scale per token: the default), ``int4`` asymmetric
+  in groups of 64 along the hidden axis (as `benchmarks/decode.py` runs it), ``float`` (None: kept as it is)."""
+  if kind not in EMBEDDINGS:
+    raise ValueError(f"--embedding {kind!r} is not supported; use one of {EMBEDDINGS}.")
+  if kind == "int8":
+    return jq.QuantSpec(qtype=jq.INT8, granularity=jq.PerChannel(axis=0))
+  if kind == "int4":
+    return jq.QuantSpec(qtype=jq.UINT4, granularity=jq.PerGroup(axis=1, size=64), symmetric=False)
+  return None
+
+
+def quantize_embedding(family: str, qparams, params, kind: str):
+  """``qparams`` with the token embedding (SmolLM2: also the tied LM head) of the float ``params`` quantized by
+  `embedding_spec` (``kind="float"``: ``qparams`` unchanged). Other leaves are shared, not copied."""
+  from jquant.ptq.access import copy_dicts, get_in, set_in  # pylint: disable=import-outside-toplevel
+  spec = embedding_spec(kind)
+  if spec is None:
+    return qparams
+  path = EMBEDDING_PATH[family]
+  qa = jq.quantize_params({"table": get_in(params, path)}, jq.QuantConfig(rules=[jq.QuantRule("table", spec)]))
+  out = copy_dicts(qparams)
+  set_in(out, path, qa["table"])
+  return out
+
+
+def quantize_data_free(model, params, method):
+  """The block linears of ``model`` quantized by a data-free method (``method.solve`` without statistics): the same
+  kernels and values `jquant.ptq.quantize_model` gives, without its calibration pass."""
+  from jquant.ptq.access import copy_dicts, get_in, set_in  # pylint: disable=import-outside-toplevel
+  out = copy_dicts(params)
+  for name in model.block_names():
+    for group in model.linear_groups():
+      for p in group:
+        qa, _, _ = method.solve(get_in(params[name], f"{p}/kernel"), None)
+        set_in(out[name], f"{p}/kernel", qa)
+  return out
+
+
+def bf16_nbytes(params) -> int:
+  """Bytes of the float params stored in bfloat16 (2 bytes per float element): the sizes' reference."""
+  return 2 * sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating))
 
 
 def build_method(name: str, bits: int, group_size: int | None, act_order: bool = False, grid: str = "minmax"):

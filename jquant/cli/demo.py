@@ -1,44 +1,82 @@
 """``python -m jquant demo [--model smollm2|minilm]``: the main job on a real model (what `make demo` runs).
 
-Loads the model, quantizes it with RTN, GPTQ, AWQ (w4 and w3, group 64 for SmolLM2 / 128 for MiniLM), RTN w8,
-SmoothQuant W8A8 and LLM.int8, evaluates each (SmolLM2: Hamlet perplexity; MiniLM: embedding cosine to fp32),
-and prints a table: method, bits, model size, quality, quantization time. Writes ``table.md``, ``results.json``
-and ``quality_vs_size.png`` to ``--out``.
+Loads the model, quantizes it with every method of ``CONFIGS`` (RTN, GPTQ, AWQ at w4 and w3, group 64 for SmolLM2 /
+128 for MiniLM; RTN w8, SmoothQuant W8A8, LLM.int8), quantizes the token embedding (SmolLM2: also the tied LM head)
+to int8 per row (``--embedding``), evaluates each (SmolLM2: Hamlet perplexity; MiniLM: embedding cosine to fp32)
+and prints a table: method, bits, embedding, bytes of weights stored and their ratio to bf16, quality, quantization
+time. One row repeats GPTQ w4 with a float embedding: the cost of quantizing the embedding. Writes ``table.md``,
+``results.json`` and ``quality_vs_size.png`` to ``--out``.
+
+To add a method row, append a `Config` to ``CONFIGS`` (``options`` passes extra keyword arguments to
+`jquant.cli.common.build_method`); nothing else changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
-from jquant.cli import common
+from jquant.cli import common, demo_plot
 
 NAME = "demo"
 HELP = "quantize a real model with every method and print a quality/size/time table (+ PNG, markdown, JSON)"
+EPILOG = """examples:
+  python -m jquant demo                                  # SmolLM2-135M, every method (what `make demo` runs)
+  python -m jquant demo --model minilm --methods rtn,gptq --out demo_minilm/
+  python -m jquant demo --embedding int4 --windows 4     # 4-bit embedding / LM head, faster evaluation
+"""
 
-# (label, method, bits, act_order, grid): RTN on the plain min/max grid (the EVAL.md baselines); GPTQ with
-# act-order and the MSE-searched group ranges; AWQ with its own scale + clip search; SmoothQuant as
-# `common.build_method` builds it (smooth="all" + GPTQ on the INT8 weights).
-CONFIGS = (
-    ("RTN", "rtn", 8, False, "minmax"),
-    ("SmoothQuant W8A8 (+GPTQ)", "smoothquant", 8, False, "minmax"),
-    ("LLM.int8", "llm_int8", 8, False, "minmax"),
-    ("RTN", "rtn", 4, False, "minmax"),
-    ("GPTQ (act-order, MSE grid)", "gptq", 4, True, "mse"),
-    ("AWQ", "awq", 4, False, "minmax"),
-    ("RTN", "rtn", 3, False, "minmax"),
-    ("GPTQ (act-order, MSE grid)", "gptq", 3, True, "mse"),
-    ("AWQ", "awq", 3, False, "minmax"),
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """One quantization of the demo.
+
+  Attributes:
+    label: the table's method name.
+    method: a `common.METHODS` name.
+    bits: weight bits (group size: the model's default below 8 bits, per channel at 8).
+    act_order, grid: as ``python -m jquant quantize``.
+    float_embedding_row: also evaluate the same quantized linears with the float embedding (its own table row:
+      what quantizing the embedding costs).
+    options: extra ``(name, value)`` keyword arguments for `common.build_method`.
+  """
+
+  label: str
+  method: str
+  bits: int
+  act_order: bool = False
+  grid: str = "minmax"
+  float_embedding_row: bool = False
+  options: tuple = ()
+
+
+# RTN on the plain min/max grid (the EVAL.md baselines); GPTQ with act-order and the MSE-searched group ranges; AWQ
+# with its own scale + clip search; SmoothQuant as `common.build_method` builds it (smooth="all" + GPTQ on INT8).
+CONFIGS: tuple[Config, ...] = (
+    Config("RTN", "rtn", 8),
+    Config("SmoothQuant W8A8 (+GPTQ)", "smoothquant", 8),
+    Config("LLM.int8", "llm_int8", 8),
+    Config("RTN", "rtn", 4),
+    Config("GPTQ (act-order, MSE grid)", "gptq", 4, act_order=True, grid="mse", float_embedding_row=True),
+    Config("AWQ", "awq", 4),
+    Config("RTN", "rtn", 3),
+    Config("GPTQ (act-order, MSE grid)", "gptq", 3, act_order=True, grid="mse"),
+    Config("AWQ", "awq", 3),
 )
+DEMO_SAMPLES = {"smollm2": 16, "minilm": 128}   # calibration: half the reference data, for time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--model", default="smollm2", choices=common.MODELS)
   parser.add_argument("--out", default="demo_out", metavar="DIR")
   parser.add_argument("--methods", default=None,
-                      help="comma-separated subset of methods to run (rtn,gptq,awq,smoothquant,llm_int8)")
+                      help=f"comma-separated subset of methods to run ({','.join(common.METHODS)})")
+  parser.add_argument("--embedding", default="int8", choices=common.EMBEDDINGS,
+                      help="the token embedding (smollm2: also the tied LM head) of every quantized row: int8 per row "
+                           "(default), int4 groups of 64, or float")
   parser.add_argument("--calib-samples", type=int, default=None,
                       help="calibration windows of 512 tokens (smollm2, default 16) / paragraphs (minilm, default "
                            "128); the quantize command defaults to 32 / 256 as in the GPTQ reference")
@@ -49,12 +87,7 @@ def _with_matmul(model, matmul):
   return model if matmul is None else type(model)(model.config, matmul=matmul, tokenizer=model.tokenizer)
 
 
-def run(args: argparse.Namespace) -> int:
-  from jquant import assets, ptq  # pylint: disable=import-outside-toplevel
-  from jquant import eval as jeval  # pylint: disable=import-outside-toplevel
-
-  name = args.model
-  group = common.DEFAULT_GROUP[name]
+def _check(args: argparse.Namespace) -> set | None:
   wanted = None if args.methods is None else set(args.methods.split(","))
   if wanted is not None and not wanted <= set(common.METHODS):
     raise ValueError(f"--methods {args.methods!r}: unknown {sorted(wanted - set(common.METHODS))}; "
@@ -64,47 +97,66 @@ def run(args: argparse.Namespace) -> int:
   if args.calib_samples is not None and args.calib_samples < 1:
     raise ValueError(f"--calib-samples {args.calib_samples}: calibration needs at least 1 sample; omit the flag for "
                      "the demo default.")
+  return wanted
+
+
+def run(args: argparse.Namespace) -> int:
+  from jquant import assets, ptq  # pylint: disable=import-outside-toplevel
+  from jquant import eval as jeval  # pylint: disable=import-outside-toplevel
+
+  wanted = _check(args)
+  name = args.model
+  group = common.DEFAULT_GROUP[name]
+  configs = [c for c in CONFIGS if wanted is None or c.method in wanted]
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
+  t_start = time.perf_counter()
   common.log(f"loading {name}")
   model, params = common.load_model(name)
-  fp_bytes = common.params_nbytes(params)
-  num = args.calib_samples or {"smollm2": 16, "minilm": 128}[name]   # demo: half the reference data, for time
-  batches = common.calibration_batches(name, model, num=num)
+  bf16 = common.bf16_nbytes(params)
+  batches = None
+  if any(c.method not in common.DATA_FREE for c in configs):
+    batches = common.calibration_batches(name, model, num=args.calib_samples or DEMO_SAMPLES[name])
   common.log("evaluating the fp32 reference")
   ref_emb = None
   if name == "minilm":
     text = jeval.paragraphs(assets.shakespeare_text("hamlet"), n=512)
     ref_emb = jeval.embed_texts(model, params, text)
-  rows = [{"method": "fp32 (reference)", "bits": 32, "size_mb": fp_bytes / 2**20,
-           **common.evaluate(name, model, params, windows=args.windows, ref_embeddings=ref_emb), "seconds": 0.0}]
-  for label, method_name, bits, act_order, grid in CONFIGS:
-    if wanted is not None and method_name not in wanted:
-      continue
-    g = group if bits < 8 else None
-    method = common.build_method(method_name, bits, g, act_order, grid)
-    common.log(f"{label} w{bits}{f' g{g}' if g else ''}: quantizing")
+  evaluate = lambda m, p: common.evaluate(name, m, p, windows=args.windows, ref_embeddings=ref_emb)
+  rows = [_row("fp32 (reference)", 32, None, "float", params, bf16, evaluate(model, params), 0.0)]
+  for n, c in enumerate(configs, 1):
+    g = group if c.bits < 8 else None
+    method = common.build_method(c.method, c.bits, g, c.act_order, c.grid, **dict(c.options))
+    common.log(f"[{n}/{len(configs)}, {time.perf_counter() - t_start:.0f} s so far] {c.label} "
+               f"w{c.bits}{f' g{g}' if g else ''}: quantizing")
     t0 = time.perf_counter()
-    if method_name == "rtn":   # no calibration needed: quantize every linear kernel directly
-      import jquant as jq  # pylint: disable=import-outside-toplevel
-      cfg = jq.QuantConfig(rules=[jq.QuantRule(r".*/kernel", method.spec)])
-      qparams = jq.quantize_params(params, cfg)
+    if c.method in common.DATA_FREE:   # no calibration: every block linear quantized directly
+      lin = common.quantize_data_free(model, params, method)
     else:
-      qparams, _ = ptq.quantize_model(model, params, batches, method, progress=True)
+      lin, _ = ptq.quantize_model(model, params, batches, method, progress=True)
+    qparams = common.quantize_embedding(name, lin, params, args.embedding)
     seconds = time.perf_counter() - t0
     qmodel = _with_matmul(model, getattr(method, "matmul", None))
-    quality = common.evaluate(name, qmodel, qparams, windows=args.windows, ref_embeddings=ref_emb)
-    row = {"method": label, "bits": bits, "group_size": g,
-           "size_mb": common.params_nbytes(qparams) / 2**20, **quality, "seconds": seconds}
-    rows.append(row)
-    common.log(f"  -> {_quality_str(row)}, {row['size_mb']:.1f} MB, {seconds:.1f} s")
+    rows.append(_row(c.label, c.bits, g, args.embedding, qparams, bf16, evaluate(qmodel, qparams), seconds))
+    common.log(f"  -> {_quality_str(rows[-1])}, {rows[-1]['size_mb']:.1f} MB, {seconds:.1f} s")
+    if c.float_embedding_row and args.embedding != "float":
+      rows.append(_row(c.label, c.bits, g, "float", lin, bf16, evaluate(qmodel, lin), seconds))
+      common.log(f"  -> with a float embedding: {_quality_str(rows[-1])}, {rows[-1]['size_mb']:.1f} MB")
   table = _table(name, rows)
   print(table)
   (out / "table.md").write_text(table + "\n")
-  (out / "results.json").write_text(json.dumps({"model": name, "rows": rows}, indent=2))
-  _plot(name, rows, out / "quality_vs_size.png")
-  common.log(f"wrote {out}/table.md, results.json, quality_vs_size.png")
+  (out / "results.json").write_text(json.dumps({"model": name, "bf16_mb": bf16 / 2**20, "rows": rows}, indent=2))
+  demo_plot.save(name, rows, out / "quality_vs_size.png")
+  common.log(f"wrote {out}/table.md, results.json, quality_vs_size.png ({time.perf_counter() - t_start:.0f} s)")
+  print(f"\nnext: python -m jquant quantize --model {name} --method gptq --bits 4 --act-order --grid mse --out q/"
+        f"\n      python -m jquant eval q/   |   python -m jquant report q/   |   python -m jquant --help")
   return 0
+
+
+def _row(label, bits, group, embedding, qparams, bf16, quality, seconds) -> dict:
+  nbytes = common.params_nbytes(qparams)
+  return {"method": label, "bits": bits, "group_size": group, "embedding": embedding, "size_mb": nbytes / 2**20,
+          "vs_bf16": nbytes / bf16, **quality, "seconds": seconds}
 
 
 def _quality_str(row) -> str:
@@ -112,33 +164,14 @@ def _quality_str(row) -> str:
 
 
 def _table(name: str, rows) -> str:
+  lead = "| method | bits | group | embedding | weights (MB) | vs bf16 |"
+  cells = lambda r: (f"| {r['method']} | {r['bits']} | {r.get('group_size') or '-'} | {r['embedding']} | "
+                     f"{r['size_mb']:.1f} | {r['vs_bf16']:.3f}x |")
   if name == "smollm2":
-    head = "| method | bits | group | size (MB) | Hamlet ppl | quantize time (s) |\n|---|---|---|---|---|---|"
-    body = [f"| {r['method']} | {r['bits']} | {r.get('group_size') or '-'} | {r['size_mb']:.1f} | {r['ppl']:.2f} | "
-            f"{r['seconds']:.1f} |" for r in rows]
+    head = f"{lead} Hamlet ppl | quantize time (s) |\n|---|---|---|---|---|---|---|---|"
+    body = [f"{cells(r)} {r['ppl']:.2f} | {r['seconds']:.1f} |" for r in rows]
   else:
-    head = ("| method | bits | group | size (MB) | mean cos | min cos | top-1 NN | quantize time (s) |\n"
-            "|---|---|---|---|---|---|---|---|")
-    body = [f"| {r['method']} | {r['bits']} | {r.get('group_size') or '-'} | {r['size_mb']:.1f} | "
-            f"{r['mean_cos']:.4f} | {r['min_cos']:.4f} | {r['top1_agree']:.3f} | {r['seconds']:.1f} |" for r in rows]
+    head = f"{lead} mean cos | min cos | top-1 NN | quantize time (s) |\n|---|---|---|---|---|---|---|---|---|---|"
+    body = [f"{cells(r)} {r['mean_cos']:.4f} | {r['min_cos']:.4f} | {r['top1_agree']:.3f} | {r['seconds']:.1f} |"
+            for r in rows]
   return "\n".join([head] + body)
-
-
-def _plot(name: str, rows, path: Path) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  key = "ppl" if name == "smollm2" else "mean_cos"
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for r in rows:
-    ax.scatter(r["size_mb"], r[key])
-    ax.annotate(f"{r['method']} w{r['bits']}", (r["size_mb"], r[key]), fontsize=7, xytext=(3, 3),
-                textcoords="offset points")
-  ax.set_xlabel("model size (MB)")
-  ax.set_ylabel("Hamlet perplexity (lower is better)" if key == "ppl" else "mean cosine to fp32 (higher is better)")
-  if key == "ppl":
-    ax.set_yscale("log")
-  ax.set_title(f"jquant on {name}: quality vs size")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)

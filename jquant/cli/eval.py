@@ -13,6 +13,11 @@ import time
 NAME = "eval"
 HELP = ("evaluate a model or a quantized checkpoint folder: SmolLM2 perplexity or MiniLM embedding fidelity "
         "(vs fp32) on Hamlet (or --text)")
+EPILOG = """examples:
+  python -m jquant eval --model smollm2                  # the fp32 model: ppl 42.56 on Hamlet (8 x 512 tokens)
+  python -m jquant eval q/                               # a checkpoint folder from `quantize`
+  python -m jquant eval q/ --kv-cache int8 --windows 4   # SmolLM2 through an int8 KV cache
+"""
 
 MODELS = ("smollm2", "minilm")
 

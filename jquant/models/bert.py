@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jquant.models.layers import Linear, MatmulFn
+from jquant.models.layers import Embed, Linear, MatmulFn
 
 __all__ = ["BertConfig", "BertBlock", "BertEncoder", "mean_pool_normalize"]
 
@@ -59,7 +59,7 @@ class BertEmbeddings(nn.Module):
   def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array) -> jax.Array:
     cfg = self.config
     t = input_ids.shape[1]
-    x = nn.Embed(cfg.vocab_size, cfg.hidden, name="word_embeddings")(input_ids)
+    x = Embed(cfg.vocab_size, cfg.hidden, name="word_embeddings")(input_ids)
     x = x + nn.Embed(cfg.max_positions, cfg.hidden, name="position_embeddings")(jnp.arange(t)[None, :])
     x = x + nn.Embed(cfg.type_vocab_size, cfg.hidden, name="token_type_embeddings")(token_type_ids)
     return _layer_norm(cfg, "LayerNorm")(x)

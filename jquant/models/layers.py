@@ -8,15 +8,17 @@ be run on its own with ``Block(...).apply({"params": params[name]}, ...)``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jquant.core import QArray, dequantize
 from jquant.ops import qmatmul
 
-__all__ = ["Linear", "MatmulFn", "default_matmul"]
+__all__ = ["Embed", "Linear", "MatmulFn", "default_matmul", "embed_rows"]
 
 # matmul(x, kernel) -> y with x (..., in), kernel (in, out) a plain array or a jquant.QArray, y (..., out).
 MatmulFn = Callable[[jax.Array, Any], jax.Array]
@@ -73,3 +75,56 @@ class Linear(nn.Module):
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       y = y + bias.astype(y.dtype)
     return y
+
+
+def embed_rows(emb: Any, ids: jax.Array, dtype) -> jax.Array:
+  """(B, T) ids -> (B, T, hidden) rows of a float or QArray (vocab, hidden) table, in ``dtype``.
+
+  A QArray with one scale row per token (``PerChannel(axis=0)``, or ``PerGroup`` along the hidden axis) has its
+  rows gathered before dequantizing; any other layout is dequantized whole first.
+  """
+  if not isinstance(emb, QArray):
+    return jnp.take(emb, ids, axis=0).astype(dtype)
+  flat = ids.reshape(-1)
+  rows = emb.scale.shape[0] == emb.shape[0] and emb.g_idx is None and isinstance(emb.scale, jax.Array)
+  if rows:
+    zp = None if emb.zero_point is None else emb.zero_point[flat]
+    sub = dataclasses.replace(emb, qvalue=emb.qvalue[flat], scale=emb.scale[flat], zero_point=zp)
+    out = dequantize(sub, dtype)
+  else:
+    out = jnp.take(dequantize(emb, dtype), flat, axis=0)
+  return out.reshape(*ids.shape, emb.shape[1])
+
+
+class Embed(nn.Module):
+  """``nn.Embed`` (same ``embedding`` param, same initializer and float32 output) whose table may also be a
+  ``jquant.QArray`` (a quantized embedding / tied LM head: ``python -m jquant quantize --embedding int8``).
+
+  Attributes:
+    num_embeddings: vocabulary size.
+    features: hidden width.
+  """
+
+  num_embeddings: int
+  features: int
+
+  def setup(self):
+    if self.has_variable("params", "embedding"):   # get_variable: a QArray pytree fails param()'s shape check
+      self.embedding = self.get_variable("params", "embedding")
+    else:
+      self.embedding = self.param("embedding", nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0),
+                                  (self.num_embeddings, self.features), jnp.float32)
+    if tuple(self.embedding.shape) != (self.num_embeddings, self.features):
+      raise ValueError(f"Embed {'/'.join(self.path)}: table has shape {tuple(self.embedding.shape)}, expected "
+                       f"(vocab, hidden) = {(self.num_embeddings, self.features)}; check the params match the config.")
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    """(..., T) int ids -> (..., T, features) float32 rows."""
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+      raise ValueError(f"Embed {'/'.join(self.path)}: input ids must be integers, got {ids.dtype}.")
+    return embed_rows(self.embedding, ids, jnp.float32)
+
+  def table(self, dtype) -> jax.Array:
+    """The (vocab, hidden) table in ``dtype`` (dequantized when it is a QArray): the tied LM head's weight."""
+    emb = self.embedding
+    return dequantize(emb, dtype) if isinstance(emb, QArray) else emb.astype(dtype)

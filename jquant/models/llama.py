@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jquant.models.layers import Linear, MatmulFn
+from jquant.models.layers import Embed, Linear, MatmulFn
 
 __all__ = ["LlamaConfig", "LlamaBlock", "LlamaLM", "rope_tables", "apply_rope"]
 
@@ -151,7 +151,7 @@ class LlamaLM(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden, name="embed_tokens")
+    self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden, name="embed_tokens")
     self.layers = [LlamaBlock(cfg, self.matmul, name=f"layers_{i}") for i in range(cfg.num_layers)]
     self.norm = nn.RMSNorm(epsilon=cfg.rms_eps, name="norm")
     if not cfg.tie_embeddings:
@@ -167,8 +167,7 @@ class LlamaLM(nn.Module):
     h = self.norm(hidden)
     if not self.config.tie_embeddings:
       return self.lm_head(h).astype(jnp.float32)
-    emb = self.embed_tokens.embedding
-    return jnp.einsum("btd,vd->btv", h, emb.astype(h.dtype), precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("btd,vd->btv", h, self.embed_tokens.table(h.dtype), precision=jax.lax.Precision.HIGHEST)
 
   def __call__(self, input_ids: jax.Array) -> jax.Array:
     hidden, ctx = self.embed(input_ids)
