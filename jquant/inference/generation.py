@@ -64,7 +64,8 @@ def check_cached_support(cfg: LlamaConfig) -> None:
   """The cached runtime has no attention biases and only a tied head: refuse other configs instead of computing a
   wrong model."""
   missing = [n for n, on in (("q/k/v biases", cfg.qkv_bias), ("an o_proj bias", cfg.o_bias),
-                             ("an untied lm_head", not cfg.tie_embeddings)) if on]
+                             ("an untied lm_head", not cfg.tie_embeddings),
+                             ("an online Hadamard rotation before down_proj", cfg.rotate_down)) if on]
   if missing:
     raise ValueError(f"the cached inference runtime does not support {', '.join(missing)} yet (config {cfg}); "
                      "evaluate this model without the KV cache (jquant.eval.perplexity).")

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from jquant.models.layers import Embed, Linear, MatmulFn
+from jquant.ops.hadamard import hadamard_transform
+from jquant.ops.hadamard import supported as hadamard_supported
 
 __all__ = ["LlamaConfig", "LlamaBlock", "LlamaLM", "rope_tables", "apply_rope"]
 
@@ -38,6 +40,8 @@ class LlamaConfig:
   tie_embeddings: bool = True    # False: a separate ``lm_head/kernel`` (hidden, vocab), as most HF Llamas
   qkv_bias: bool = False         # q/k/v projections have biases (Qwen2; HF Llama ``attention_bias``)
   o_bias: bool = False           # o_proj has a bias (HF Llama ``attention_bias``)
+  rotate_down: bool = False      # R4: down_proj inputs go through the Hadamard transform at run time (rotated
+                                 # models, `jquant.models.rotation`; the kernel holds H^T W)
 
   def __post_init__(self):
     for f in ("vocab_size", "hidden", "intermediate", "num_layers", "num_heads", "num_kv_heads"):
@@ -51,6 +55,9 @@ class LlamaConfig:
                        f"({self.num_kv_heads}) for grouped-query attention.")
     if (self.hidden // self.num_heads) % 2:
       raise ValueError(f"LlamaConfig: head_dim = {self.hidden // self.num_heads} must be even for RoPE.")
+    if self.rotate_down and not hadamard_supported(self.intermediate):
+      raise ValueError(f"LlamaConfig: rotate_down needs a Hadamard size, got intermediate = {self.intermediate} "
+                       "(supported: K x 2^m, see jquant.ops.hadamard).")
     if not self.rope_base > 1.0 or not self.rms_eps > 0.0:
       raise ValueError(f"LlamaConfig: need rope_base > 1 and rms_eps > 0, got {self.rope_base}, {self.rms_eps}.")
 
@@ -125,7 +132,10 @@ class LlamaMLP(nn.Module):
     cfg = self.config
     gate = Linear(cfg.intermediate, use_bias=False, matmul=self.matmul, name="gate_proj")(x)
     up = Linear(cfg.intermediate, use_bias=False, matmul=self.matmul, name="up_proj")(x)
-    return Linear(cfg.hidden, use_bias=False, matmul=self.matmul, name="down_proj")(jax.nn.silu(gate) * up)
+    h = jax.nn.silu(gate) * up
+    if cfg.rotate_down:     # online R4 (O(n log n)): spreads the SwiGLU outliers before the (quantized) down_proj
+      h = hadamard_transform(h)
+    return Linear(cfg.hidden, use_bias=False, matmul=self.matmul, name="down_proj")(h)
 
 
 class LlamaBlock(nn.Module):
