@@ -7,7 +7,8 @@ real models and evaluation live in ``jquant.models`` / ``jquant.eval`` (imported
 
 from jquant import calibration, io, mixed_precision, ops, ptq, qat, solvers
 from jquant import flax  # the only subpackage importing flax (besides models/ptq glue)
-from jquant.core import (EMA, FP8_E4M3, FP8_E5M2, INT2, INT3, INT4, INT8, KL, MSE, NF4, UINT2, UINT3, UINT4, UINT8,
+from jquant.core import (EMA, FP8_E4M3, FP8_E5M2, INT2, INT3, INT4, INT8, KL, MSE, MXFP4, MXFP8_E4M3, MXFP8_E5M2, NF4,
+                         NVFP4, UINT2, UINT3, UINT4, UINT8,
                          AbsMax, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, QArray,
                          QType, QuantSpec, compute_qparams, dequantize, quant_error, quantize, sqnr)
 from jquant.ops import qdot, qeinsum
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = (
     # number formats
     "INT8", "UINT8", "INT4", "UINT4", "INT3", "UINT3", "INT2", "UINT2", "FP8_E4M3", "FP8_E5M2", "NF4", "QType",
+    "MXFP8_E4M3", "MXFP8_E5M2", "MXFP4", "NVFP4",
     # granularities and calibration methods
     "PerTensor", "PerChannel", "PerGroup", "PerToken", "PerBlock",
     "AbsMax", "MinMax", "Percentile", "MSE", "KL", "EMA",

@@ -4,6 +4,7 @@ import jquant
 
 GOLDEN = {
     "INT8", "UINT8", "INT4", "UINT4", "INT3", "UINT3", "INT2", "UINT2", "FP8_E4M3", "FP8_E5M2", "NF4", "QType",
+    "MXFP8_E4M3", "MXFP8_E5M2", "MXFP4", "NVFP4",
     "PerTensor", "PerChannel", "PerGroup", "PerToken", "PerBlock",
     "AbsMax", "MinMax", "Percentile", "MSE", "KL", "EMA",
     "QuantSpec", "QArray", "quantize", "dequantize", "compute_qparams", "fake_quant", "sqnr", "quant_error",

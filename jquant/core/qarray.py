@@ -22,7 +22,8 @@ class QArray:
     qvalue: quantized values in the logical shape of the original array, dtype ``qtype.storage_dtype``
       (int8, int4, uint4, int2, float8_*, or uint8 codes for NF4). Sub-byte packing happens only in
       kernel-facing layouts (`core/packing.py`).
-    scale: float scales with the same rank as ``qvalue`` (``spec.granularity`` tiles), or a `DoubleQuantScale`.
+    scale: float scales with the same rank as ``qvalue`` (``spec.granularity`` tiles), or a `DoubleQuantScale`;
+      microscaling qtypes: E8M0 block scales (MX) or a `jquant.core.mx.NVFP4Scale` (NVFP4).
     zero_point: integer zero points shaped like ``scale`` (asymmetric specs), else None.
     g_idx: int32 group index of each element along the group axis (GPTQ act-order), else None. When set,
       the scale row used by element ``k`` of the group axis is ``g_idx[k]``.
@@ -58,10 +59,7 @@ class QArray:
   def nbytes(self) -> int:
     """Storage bytes with sub-byte values counted packed: qvalue + scale + zero_point + g_idx."""
     n = math.ceil(self.size * self.qtype.bits / 8)
-    if isinstance(self.scale, DoubleQuantScale):
-      n += self.scale.nbytes
-    else:
-      n += self.scale.size * jnp.dtype(self.scale.dtype).itemsize
+    n += self.scale.nbytes   # a jax array, a DoubleQuantScale or an NVFP4Scale
     if self.zero_point is not None:
       n += math.ceil(self.zero_point.size * self.qtype.bits / 8)
     if self.g_idx is not None:

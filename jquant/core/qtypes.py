@@ -1,4 +1,5 @@
-"""Quantized number formats (QTypes): integer grids, float8 formats and the NF4 lookup table.
+"""Quantized number formats (QTypes): integer grids, float8 formats, the NF4 lookup table and the block-scaled
+microscaling formats (MXFP8 / MXFP4 / NVFP4; their numerics live in `core/mx.py`).
 
 A QType is a frozen, hashable description: it can be a `jax.jit` static argument. It knows its storage dtype
 (the dtype of ``QArray.qvalue``) and its representable range ``[qmin, qmax]`` in the quantized domain.
@@ -32,6 +33,9 @@ class QType:
     qmin: smallest representable quantized value (integer grid value, float8 min, or -1 for NF4).
     qmax: largest representable quantized value.
     levels: the lookup table for ``kind == "lut"`` (codes index into it), else None.
+    scale_format: block-scaled (microscaling) formats only: the storage dtype name of their block scales
+      (``"float8_e8m0fnu"`` for OCP MX, ``"float8_e4m3fn"`` for NVFP4), else None.
+    block_size: elements per block scale of a microscaling format (32 for MX, 16 for NVFP4), else None.
   """
 
   name: str
@@ -41,6 +45,8 @@ class QType:
   qmin: float
   qmax: float
   levels: tuple[float, ...] | None = None
+  scale_format: str | None = None
+  block_size: int | None = None
 
   @property
   def storage_dtype(self) -> jnp.dtype:
@@ -57,6 +63,11 @@ class QType:
   @property
   def is_lut(self) -> bool:
     return self.kind == "lut"
+
+  @property
+  def is_mx(self) -> bool:
+    """A block-scaled microscaling format (MXFP8, MXFP4, NVFP4): scales chosen by the format's own rule."""
+    return self.scale_format is not None
 
   @property
   def signed(self) -> bool:
@@ -93,7 +104,22 @@ FP8_E5M2 = QType(name="fp8_e5m2", bits=8, kind="float", storage="float8_e5m2",
                  qmin=-float(jnp.finfo(jnp.float8_e5m2).max), qmax=float(jnp.finfo(jnp.float8_e5m2).max))
 NF4 = QType(name="nf4", bits=4, kind="lut", storage="uint8", qmin=-1.0, qmax=1.0, levels=NF4_LEVELS)
 
-ALL_QTYPES: tuple[QType, ...] = (INT8, UINT8, INT4, UINT4, INT3, UINT3, INT2, UINT2, FP8_E4M3, FP8_E5M2, NF4)
+
+def _mx(name: str, bits: int, storage: str, scale_format: str, block_size: int) -> QType:
+  fmax = float(jnp.finfo(jnp.dtype(storage)).max)
+  return QType(name=name, bits=bits, kind="float", storage=storage, qmin=-fmax, qmax=fmax,
+               scale_format=scale_format, block_size=block_size)
+
+
+# OCP Microscaling (MX) v1.0: 32 elements share one power-of-two E8M0 scale. NVFP4: 16 E2M1 elements share one
+# E4M3 scale, times one float32 scale per tensor.
+MXFP8_E4M3 = _mx("mxfp8_e4m3", 8, "float8_e4m3fn", "float8_e8m0fnu", 32)
+MXFP8_E5M2 = _mx("mxfp8_e5m2", 8, "float8_e5m2", "float8_e8m0fnu", 32)
+MXFP4 = _mx("mxfp4", 4, "float4_e2m1fn", "float8_e8m0fnu", 32)
+NVFP4 = _mx("nvfp4", 4, "float4_e2m1fn", "float8_e4m3fn", 16)
+
+ALL_QTYPES: tuple[QType, ...] = (INT8, UINT8, INT4, UINT4, INT3, UINT3, INT2, UINT2, FP8_E4M3, FP8_E5M2, NF4,
+                                 MXFP8_E4M3, MXFP8_E5M2, MXFP4, NVFP4)
 
 
 def qtype_by_name(name: str) -> QType:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core import calibration_methods as cm
-from jquant.core import ranges, tiling
+from jquant.core import mx, ranges, tiling
 from jquant.core.double_quant import DoubleQuantScale, double_quantize
 from jquant.core.granularity import group_axis, scale_shape
 from jquant.core.qarray import QArray
@@ -132,6 +132,10 @@ def dequantize_values(q, scale, zero_point, qtype: QType, block) -> jax.Array:
 def _quantize_jit(x, scale, zero_point, key, *, spec: QuantSpec, with_finite_flag: bool = False):
   """Quantizes; with ``with_finite_flag`` also returns all(isfinite(x)) computed in the same pass."""
   block = spec.granularity.block_shape(x.shape)
+  if spec.qtype.is_mx:   # the format picks its own scales (core/mx.py)
+    q, stored, flag = mx.quantize_mx(x, spec)
+    qa = QArray(qvalue=q, scale=stored, zero_point=None, g_idx=None, qtype=spec.qtype, spec=spec, dtype=str(x.dtype))
+    return (qa, flag) if with_finite_flag else qa
   if scale is None:
     scale, zero_point, flag = _qparams_and_flag(x, spec)
   else:
@@ -240,6 +244,8 @@ def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check
                                                                or (key.dtype == jnp.uint32 and key.shape == (2,)))):
     raise TypeError(f"quantize: key must be a PRNG key from jax.random.key(seed), got {type(key).__name__} "
                     f"{getattr(key, 'dtype', '')}.")
+  if scale is not None and spec.qtype.is_mx:
+    raise ValueError(f"quantize: {spec.qtype.name} picks its block scales by the format's rule; pass scale=None.")
   if scale is not None:
     scale = jnp.asarray(scale)
     if tuple(scale.shape) != expected:
@@ -289,32 +295,44 @@ def quantize(x, spec: QuantSpec, *, scale=None, zero_point=None, key=None, check
 
 
 def scale_f32(qa: QArray) -> jax.Array:
-  if isinstance(qa.scale, DoubleQuantScale):
+  """The float32 scale per tile (NVFP4: block scale times tensor scale, rounded once)."""
+  if isinstance(qa.scale, (DoubleQuantScale, mx.NVFP4Scale)):
     return qa.scale.dequantize()
   return qa.scale.astype(jnp.float32)
 
 
+def _take_groups(qa: QArray, a):
+  """``a`` (scale-shaped) with act-order ``g_idx`` resolved: row ``g_idx[k]`` for element ``k`` of the group axis."""
+  if a is None or qa.g_idx is None:
+    return a
+  ax = group_axis(qa.spec.granularity, qa.ndim)
+  if ax is None:
+    raise ValueError("QArray has g_idx but its granularity is not PerGroup.")
+  if qa.g_idx.ndim == 1:
+    return jnp.take(a, qa.g_idx, axis=ax)
+  # stacked (scanned layers / experts): g_idx (*lead, K) holds one row map per leading index
+  idx = jnp.expand_dims(qa.g_idx, tuple(range(qa.g_idx.ndim, a.ndim)))
+  return jnp.take_along_axis(a, idx, axis=ax)
+
+
 def expanded_params(qa: QArray):
   """(scale, zero_point, block) with act-order ``g_idx`` resolved: the per-tile params dequantize uses."""
-  scale = scale_f32(qa)
-  zp = qa.zero_point
-  if qa.g_idx is not None:
-    ax = group_axis(qa.spec.granularity, qa.ndim)
-    if ax is None:
-      raise ValueError("QArray has g_idx but its granularity is not PerGroup.")
-    if qa.g_idx.ndim == 1:
-      scale = jnp.take(scale, qa.g_idx, axis=ax)
-      zp = None if zp is None else jnp.take(zp, qa.g_idx, axis=ax)
-    else:   # stacked (scanned layers / experts): g_idx (*lead, K) holds one row map per leading index
-      idx = jnp.expand_dims(qa.g_idx, tuple(range(qa.g_idx.ndim, scale.ndim)))
-      scale = jnp.take_along_axis(scale, idx, axis=ax)
-      zp = None if zp is None else jnp.take_along_axis(zp, idx, axis=ax)
+  scale = _take_groups(qa, scale_f32(qa))
+  zp = _take_groups(qa, qa.zero_point)
   block = tuple(n // s for n, s in zip(qa.shape, scale.shape))
   return scale, zp, block
 
 
+def _dequantize_mx(qa: QArray) -> jax.Array:
+  s = qa.scale
+  s = mx.NVFP4Scale(_take_groups(qa, s.block), s.tensor) if isinstance(s, mx.NVFP4Scale) else _take_groups(qa, s)
+  return mx.dequantize_mx(qa.qvalue, s, tuple(n // m for n, m in zip(qa.shape, s.shape)))
+
+
 @functools.partial(jax.jit, static_argnames=("dtype",))
 def _dequantize_jit(qa: QArray, dtype):
+  if qa.qtype.is_mx:
+    return _dequantize_mx(qa).astype(dtype)
   scale, zp, block = expanded_params(qa)
   return dequantize_values(qa.qvalue, scale, zp, qa.qtype, block).astype(dtype)
 

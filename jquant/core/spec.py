@@ -29,7 +29,8 @@ class QuantSpec:
     double_quant: quantize the scales themselves to int8 (blocks of ``double_quant_block``, QLoRA-style).
     double_quant_block: block size of the second-level quantization.
     scale_dtype: storage dtype of the scales (``"float32"``, ``"bfloat16"``, ``"float16"``); quantization uses
-      the stored (rounded) scale so that dequantize matches exactly.
+      the stored (rounded) scale so that dequantize matches exactly. Microscaling qtypes (``jq.MXFP4`` ...) store
+      their format's scale dtype (``qtype.scale_format``), which the default "float32" is replaced by.
 
   Example:
     >>> spec = QuantSpec(qtype=INT4, granularity=PerGroup(axis=0, size=128), symmetric=False)
@@ -60,7 +61,16 @@ class QuantSpec:
     if not isinstance(b, (int, np.integer)) or isinstance(b, (bool, np.bool_)):
       raise TypeError(f"QuantSpec(double_quant_block={b!r}) must be an int such as 256, got {type(b).__name__}.")
     object.__setattr__(self, "double_quant_block", int(b))
-    if not isinstance(self.scale_dtype, str):
+    if self.qtype.is_mx:
+      from jquant.core.mx import check_mx_spec
+      if self.scale_dtype not in ("float32", self.qtype.scale_format):
+        raise ValueError(f"QuantSpec(scale_dtype={self.scale_dtype!r}): {self.qtype.name} stores its scales as "
+                         f"{self.qtype.scale_format}; leave scale_dtype at its default.")
+      object.__setattr__(self, "scale_dtype", self.qtype.scale_format)
+      if self.calibration is None:
+        object.__setattr__(self, "calibration", cm.AbsMax())
+      check_mx_spec(self)
+    elif not isinstance(self.scale_dtype, str):
       raise TypeError(f"QuantSpec(scale_dtype={self.scale_dtype!r}) must be one of the strings {_SCALE_DTYPES}.")
     if self.calibration is None:
       object.__setattr__(self, "calibration", cm.AbsMax() if self.symmetric else cm.MinMax())
@@ -86,7 +96,7 @@ class QuantSpec:
       raise ValueError(f"QuantSpec: stochastic_rounding needs an integer qtype, got {self.qtype.name}.")
     if int(self.double_quant_block) < 1:
       raise ValueError(f"QuantSpec(double_quant_block={self.double_quant_block}) must be a positive int, e.g. 256.")
-    if self.scale_dtype not in _SCALE_DTYPES:
+    if self.scale_dtype not in _SCALE_DTYPES and not self.qtype.is_mx:
       raise ValueError(f"QuantSpec(scale_dtype={self.scale_dtype!r}) must be one of {_SCALE_DTYPES}.")
 
   @property

@@ -8,6 +8,9 @@ A `QArray` leaf at ``P`` becomes tensors
   ``P.zero_point`` (asymmetric) packed like qvalue
   ``P.g_idx``      (act-order) int32
   ``P.scale.qvalue``/``P.scale.scale``/``P.scale.offset`` when the scale is double-quantized
+  ``P.scale.block``/``P.scale.tensor`` for NVFP4 (E4M3 block scales as raw bits, float32 tensor scales)
+float4_e2m1fn values (MXFP4/NVFP4) are packed two per byte like int4 (their 4-bit codes, `core/mx.py`), E8M0 and
+E4M3 scales are stored as their raw uint8 bits.
 and one JSON metadata document records, per leaf, its kind, logical shape and dtypes, and for QArrays the full
 QuantSpec. Loading rebuilds identical arrays: the round trip is bit-exact. No pickle anywhere.
 """
@@ -23,13 +26,16 @@ import numpy as np
 
 from jquant.core import packing
 from jquant.core.double_quant import DoubleQuantScale
-from jquant.core.granularity import group_axis
+from jquant.core.granularity import PerTensor, group_axis
+from jquant.core.mx import NVFP4Scale, fp4_from_codes
 from jquant.core.granularity import scale_shape as _scale_shape
 from jquant.core.qarray import QArray
 from jquant.core.spec_io import spec_from_dict, spec_to_dict
 
 FORMAT = "jquant.storage/1"
-_RAW_VIEW = {"bfloat16": np.uint16, "float16": np.uint16, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8}
+_RAW_VIEW = {"bfloat16": np.uint16, "float16": np.uint16, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8,
+             "float8_e8m0fnu": np.uint8}
+_PACKED = ("int4", "uint4", "int2", "uint2", "float4_e2m1fn")
 
 
 def _flatten(tree, prefix=""):
@@ -49,10 +55,10 @@ def _encode(a, name: str) -> tuple[np.ndarray, dict]:
   a = np.asarray(jax.device_get(a))
   dt = str(a.dtype)
   meta = {"dtype": dt, "shape": list(a.shape)}
-  if dt in ("int4", "uint4", "int2", "uint2"):
+  if dt in _PACKED:
     bits = 4 if "4" in dt else 2
     per = 8 // bits
-    v = jnp.asarray(a.astype(np.int8))
+    v = jnp.asarray(a.view(np.uint8) if dt == "float4_e2m1fn" else a.astype(np.int8))
     if v.ndim == 0:
       v = v[None]
     v = packing.pad_to_multiple(v, per, axis=-1)
@@ -86,7 +92,7 @@ def _decode(buf: np.ndarray, meta: dict, name: str = "tensor") -> jax.Array:
   buf = np.asarray(buf)
   if "packed_bits" in meta:
     bits = meta["packed_bits"]
-    if dt not in ("int4", "uint4", "int2", "uint2") or bits != (4 if "4" in dt else 2):
+    if dt not in _PACKED or bits != (4 if "4" in dt else 2):
       raise _LeafError(f"tensor {name!r}: packed_bits={bits!r} does not match dtype {dt!r} (int4/uint4 pack 4 "
                        "bits, int2/uint2 pack 2)")
     per = 8 // bits
@@ -95,9 +101,9 @@ def _decode(buf: np.ndarray, meta: dict, name: str = "tensor") -> jax.Array:
     if buf.dtype not in (np.uint8, np.int8) or tuple(buf.shape) != want:
       raise _LeafError(f"tensor {name!r}: packed buffer {buf.dtype}{tuple(buf.shape)} does not hold {dt}{shape} "
                        f"(expected uint8/int8 of shape {want})")
-    v = packing.unpack(jnp.asarray(buf), bits=bits, axis=-1, signed=dt.startswith("int"))
-    return v[..., :n].reshape(shape).astype(jnp.dtype(dt))
-  if dt in ("int4", "uint4", "int2", "uint2"):
+    v = packing.unpack(jnp.asarray(buf), bits=bits, axis=-1, signed=dt.startswith("int"))[..., :n].reshape(shape)
+    return fp4_from_codes(v) if dt == "float4_e2m1fn" else v.astype(jnp.dtype(dt))
+  if dt in _PACKED:
     raise _LeafError(f"tensor {name!r}: dtype {dt} must be stored packed (packed_bits missing)")
   if meta.get("raw"):
     if dt not in _RAW_VIEW or buf.dtype != np.dtype(_RAW_VIEW[dt]) or tuple(buf.shape) != shape:
@@ -164,6 +170,8 @@ def _check_qarray(qa: QArray, entry: dict) -> None:
       raise _LeafError(f"double-quantized scale parts are inconsistent: qvalue {d.qvalue.dtype}"
                        f"{tuple(d.qvalue.shape)}, scale {tuple(d.scale.shape)}, offset {tuple(d.offset.shape)}")
     sshape, svals = tuple(d.shape), np.asarray(d.dequantize(), np.float64)
+  elif isinstance(qa.scale, NVFP4Scale) or qt.scale_format == "float8_e4m3fn":
+    sshape, svals = _check_nvfp4_scale(qa)
   else:
     if qa.scale.dtype != spec.scale_jnp_dtype:
       raise _LeafError(f"scale is stored as {qa.scale.dtype} but the spec says scale_dtype={spec.scale_dtype!r}")
@@ -193,6 +201,22 @@ def _check_qarray(qa: QArray, entry: dict) -> None:
                        f"[0, {expected[ax]})")
 
 
+def _check_nvfp4_scale(qa: QArray):
+  """(block-scale shape, float64 values that must be > 0) of an NVFP4 scale; block scales may be 0 (a block far
+  below the tensor's range encodes as zeros), the tensor scales may not."""
+  d = qa.scale
+  if not isinstance(d, NVFP4Scale) or qa.qtype.scale_format != "float8_e4m3fn":
+    raise _LeafError(f"a {qa.qtype.name} QArray needs an NVFP4 two-level scale, got {type(d).__name__}")
+  want_t = _scale_shape(PerTensor(batch_axes=qa.spec.granularity.batch_axes), qa.shape)
+  if d.block.dtype != jnp.float8_e4m3fn or d.tensor.dtype != jnp.float32 or tuple(d.tensor.shape) != want_t:
+    raise _LeafError(f"NVFP4 scale parts {d.block.dtype}{tuple(d.block.shape)} / {d.tensor.dtype}"
+                     f"{tuple(d.tensor.shape)} must be float8_e4m3fn block scales and float32 tensor scales {want_t}")
+  b = np.asarray(d.block.astype(jnp.float32), np.float64)
+  if not (np.isfinite(b) & (b >= 0)).all():
+    raise _LeafError("NVFP4 block scales must be finite and >= 0")
+  return tuple(d.block.shape), np.asarray(d.tensor, np.float64)
+
+
 def to_storage(tree) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """(tensors by name, JSON-able metadata) for a tree of dicts/lists with array and QArray leaves."""
   tensors: dict[str, np.ndarray] = {}
@@ -215,6 +239,9 @@ def to_storage(tree) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                           "qvalue": put(f"{path}.scale.qvalue", leaf.scale.qvalue),
                           "scale": put(f"{path}.scale.scale", leaf.scale.scale),
                           "offset": put(f"{path}.scale.offset", leaf.scale.offset)}
+      elif isinstance(leaf.scale, NVFP4Scale):
+        entry["scale"] = {"nvfp4": True, "block": put(f"{path}.scale.block", leaf.scale.block),
+                          "tensor": put(f"{path}.scale.tensor", leaf.scale.tensor)}
       else:
         entry["scale"] = put(f"{path}.scale", leaf.scale)
       if leaf.zero_point is not None:
@@ -292,6 +319,8 @@ def _load_leaf(tensors, path: str, e: dict, used: set):
                              scale=get(f"{path}.scale.scale", s["scale"]),
                              offset=get(f"{path}.scale.offset", s["offset"]),
                              shape=tuple(_meta_shape(s, f"{path}.scale")), kind=s.get("kind", "linear"))
+  elif isinstance(s, dict) and s.get("nvfp4"):
+    scale = NVFP4Scale(block=get(f"{path}.scale.block", s["block"]), tensor=get(f"{path}.scale.tensor", s["tensor"]))
   else:
     scale = get(f"{path}.scale", s)
   zp = get(f"{path}.zero_point", e["zero_point"]) if "zero_point" in e else None
