@@ -63,7 +63,8 @@ def _sharded_quantizer(spec: QuantSpec, value_sharding, scale_sharding, has_zp: 
 
 def _quantize_leaf(x, spec: QuantSpec) -> QArray:
   sharding = getattr(x, "sharding", None)
-  if isinstance(sharding, NamedSharding) and not isinstance(x, jax.core.Tracer) and len(sharding.mesh.devices.flat) > 1:
+  if (isinstance(sharding, NamedSharding) and not isinstance(x, jax.core.Tracer) and len(sharding.mesh.devices.flat) > 1
+      and not spec.qtype.is_mx):   # MX scales are not one array: quantize on the gathered value
     sshape = spec.granularity.block_shape(x.shape)
     sshape = tuple(n // b for n, b in zip(x.shape, sshape))
     ssh = _scale_sharding(sharding, x.shape, sshape)
