@@ -116,9 +116,7 @@ def quantize_mx(x: jax.Array, spec):
     q = tiling.broadcast_apply(lambda v, s, ok: jnp.where(ok, _elem(v * s, qt), 0), xf, block, inv, ok_b)
     code = jnp.where(ok_b, e + 127, 255).astype(jnp.uint8)
     return q, jax.lax.bitcast_convert_type(code, jnp.float8_e8m0fnu), jnp.all(ok_b)
-  tmax = _amax(xf, PerTensor(batch_axes=spec.granularity.batch_axes).block_shape(x.shape))
-  t = jnp.where(tmax > 0, jnp.maximum(tmax / NVFP4_TENSOR_DIVISOR, _F32_TINY), 1.0)
-  t = jnp.where(jnp.isfinite(tmax), t, jnp.nan)
+  t = nvfp4_tensor_scale(xf, spec)
   t_b = jnp.broadcast_to(t, amax.shape)          # t is 1 on every non-batch axis
   ok_b = ok_b & jnp.isfinite(t_b)
   s = jnp.where(ok_b, (amax / 6.0) / t_b, jnp.nan).astype(jnp.float8_e4m3fn)
@@ -128,9 +126,40 @@ def quantize_mx(x: jax.Array, spec):
   return q, NVFP4Scale(block=s, tensor=t), jnp.all(ok_b)
 
 
-def dequantize_mx(q: jax.Array, scale, block) -> jax.Array:
-  """float32 values: ``P * X`` (MX) or ``(P * s) * t`` (NVFP4); ``scale`` may be act-order-expanded."""
+def grid_scales(x: jax.Array, spec) -> jax.Array:
+  """float32 per-block scales for solvers that quantize with given params (GPTQ's error feedback, through
+  `jquant.core.quantize.compute_qparams` / `quantize_with_params`): MX: ``X`` (its exponent clamped at -126, the
+  smallest float32 normal, for blocks below ~2**-118); NVFP4: the E4M3 block scale with tensor scale 1 (divide by
+  `nvfp4_tensor_scale` first; `with_tensor_scale` attaches it afterwards)."""
+  amax = _amax(x.astype(_F32), spec.granularity.block_shape(x.shape))
+  qt = spec.qtype
+  if qt.scale_format == "float8_e8m0fnu":
+    emax = int(jnp.finfo(qt.storage_dtype).maxexp) - 1
+    e = _floor_log2(jnp.where(jnp.isfinite(amax), amax, 0.0)) - emax
+    return jnp.where(jnp.isfinite(amax), _pow2(jnp.clip(e, -126, 127)), jnp.nan)
+  return (amax / 6.0).astype(jnp.float8_e4m3fn).astype(_F32)
+
+
+def quantize_with_grid_scales(x: jax.Array, scale: jax.Array, qt: QType) -> jax.Array:
+  """Element codes for `grid_scales` scales (broadcast against ``x``): ``RNE_sat(x * fl(1 / scale))``, 0 where the
+  scale is 0."""
+  ok = scale > 0
+  return jnp.where(ok, _elem(x * jnp.where(ok, 1.0 / jnp.where(ok, scale, 1.0), 0.0), qt), 0)
+
+
+def nvfp4_tensor_scale(x: jax.Array, spec) -> jax.Array:
+  """NVFP4's float32 per-tensor scale ``t`` of ``x`` (shape: 1 except on batch axes; see the module doc)."""
+  tmax = _amax(x.astype(_F32), PerTensor(batch_axes=spec.granularity.batch_axes).block_shape(x.shape))
+  t = jnp.where(tmax > 0, jnp.maximum(tmax / NVFP4_TENSOR_DIVISOR, _F32_TINY), 1.0)
+  return jnp.where(jnp.isfinite(tmax), t, jnp.nan)
+
+
+def dequantize_mx(q: jax.Array, scale, block, qt: QType) -> jax.Array:
+  """float32 values: ``P * X`` (MX) or ``(P * s) * t`` (NVFP4; a plain E4M3 scale means t = 1); ``scale`` may be
+  act-order-expanded."""
   v = q.astype(_F32)
+  if qt.scale_format == "float8_e4m3fn" and not isinstance(scale, NVFP4Scale):
+    scale = NVFP4Scale(block=scale, tensor=jnp.ones((1,) * q.ndim, _F32))
   if isinstance(scale, NVFP4Scale):
     return tiling.broadcast_apply(lambda a, s: a * s, v, block, scale.block.astype(_F32)) * scale.tensor
   code = jax.lax.bitcast_convert_type(scale, jnp.uint8).astype(jnp.int32)

@@ -55,7 +55,8 @@ def check_finite(x: jax.Array, what: str = "x") -> None:
 
 def compute_qparams(x: jax.Array, spec: QuantSpec):
   """The (scale, zero_point) that ``quantize(x, spec)`` uses; scale float32 (rounded through spec.scale_dtype),
-  zero_point float32 holding integers (or None), both of shape ``spec.granularity.scale_shape``."""
+  zero_point float32 holding integers (or None), both of shape ``spec.granularity.scale_shape``. Microscaling
+  qtypes: the float32 grid scales solvers quantize with (`jquant.core.mx.grid_scales`; NVFP4 with tensor scale 1)."""
   return _qparams_and_flag(x, spec)[:2]
 
 
@@ -65,6 +66,9 @@ def _qparams_and_flag(x: jax.Array, spec: QuantSpec):
   unrepresentable range shows up as NaN in `dequantize` instead of a finite wrong value. For max-based ranges
   NaN/inf propagate through the range reduction, so this costs no extra pass over ``x`` (a `where` on the scale)."""
   qt = spec.qtype
+  if qt.is_mx:   # the format's grid for solvers (GPTQ); quantize() itself uses mx.quantize_mx
+    scale = mx.grid_scales(x, spec)
+    return scale, None, jnp.all(jnp.isfinite(scale))
   block = spec.granularity.block_shape(x.shape)
   xf = x.astype(jnp.float32)
   lo, hi = ranges.range_of(xf, block, qt, spec.symmetric, spec.calibration)
@@ -105,6 +109,9 @@ def quantize_with_params(x, scale, zero_point, qtype: QType, block, *, key=None,
       return jnp.clip(r, qtype.qmin, qtype.qmax) if _needs_clip(qtype) else r
     zf = None if zero_point is None else zero_point.astype(jnp.float32)
     return tiling.broadcast_apply(f, x, block, scale, zf).astype(qtype.storage_dtype)
+  if qtype.is_mx:
+    f = lambda xi, s: mx.quantize_with_grid_scales(xi, s, qtype)
+    return tiling.broadcast_apply(f, x, block, scale).astype(qtype.storage_dtype)
   if qtype.is_float:
     f = lambda xi, s: jnp.clip(xi / s, qtype.qmin, qtype.qmax)
     return tiling.broadcast_apply(f, x, block, scale).astype(qtype.storage_dtype)
@@ -326,7 +333,7 @@ def expanded_params(qa: QArray):
 def _dequantize_mx(qa: QArray) -> jax.Array:
   s = qa.scale
   s = mx.NVFP4Scale(_take_groups(qa, s.block), s.tensor) if isinstance(s, mx.NVFP4Scale) else _take_groups(qa, s)
-  return mx.dequantize_mx(qa.qvalue, s, tuple(n // m for n, m in zip(qa.shape, s.shape)))
+  return mx.dequantize_mx(qa.qvalue, s, tuple(n // m for n, m in zip(qa.shape, s.shape)), qa.qtype)
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))

@@ -9,6 +9,7 @@ import warnings
 import jax.numpy as jnp
 
 from jquant.core.granularity import PerGroup
+from jquant.core.mx import NVFP4Scale, nvfp4_tensor_scale
 from jquant.core.spec import QuantSpec
 from jquant.ptq.methods.base import NoTransform, check_spec, pos_int
 from jquant.solvers.gptq import gptq
@@ -59,10 +60,14 @@ class GPTQ(NoTransform):
         and isinstance(self.spec.granularity, PerGroup):
       static = True
       extra["static_groups"] = "act-order over several input axes uses static groups (no g_idx)"
+    # NVFP4: the solver's grid has tensor scale 1, so solve w / t (t: the NVFP4 tensor scale of w) and attach t.
+    t = nvfp4_tensor_scale(w, self.spec) if self.spec.qtype.scale_format == "float8_e4m3fn" else None
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
-      qa, losses = gptq(w, gram, self.spec, block_size=self.block_size, damp=self.damp, act_order=self.act_order,
-                        static_groups=static)
+      qa, losses = gptq(w if t is None else w / t, gram, self.spec, block_size=self.block_size, damp=self.damp,
+                        act_order=self.act_order, static_groups=static)
+    if t is not None:
+      qa, losses = dataclasses.replace(qa, scale=NVFP4Scale(block=qa.scale, tensor=t)), losses * (t * t)
     if caught:             # damping retries, RTN fallbacks: listed in the report's layer entry
       extra["warnings"] = [str(c.message) for c in caught]
     return qa, float(jnp.sum(losses)), extra
