@@ -98,13 +98,33 @@ def bf16_nbytes(params) -> int:
   return 2 * sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating))
 
 
-def build_method(name: str, bits: int, group_size: int | None, act_order: bool = False, grid: str = "minmax"):
+FORMATS = ("int", "mxfp8", "mxfp4", "nvfp4")
+
+
+def format_spec(fmt: str) -> jq.QuantSpec:
+  """The weight spec of a microscaling ``--format``: MXFP8 (E4M3) / MXFP4 in blocks of 32, NVFP4 in blocks of 16,
+  along the input features (the format fixes bits and block; weight-only)."""
+  qt = {"mxfp8": jq.MXFP8_E4M3, "mxfp4": jq.MXFP4, "nvfp4": jq.NVFP4}.get(fmt)
+  if qt is None:
+    raise ValueError(f"--format {fmt!r} is not a microscaling format; use one of {FORMATS[1:]} (or 'int').")
+  return jq.QuantSpec(qtype=qt, granularity=jq.PerGroup(axis=0, size=qt.block_size))
+
+
+def build_method(name: str, bits: int, group_size: int | None, act_order: bool = False, grid: str = "minmax",
+                 fmt: str = "int"):
   """A `jq.ptq` method config from CLI settings.
 
   SmoothQuant runs jquant's variant: migration scales on every foldable group (``smooth="all"``) and GPTQ on the
   smoothed INT8 weights (``gptq=``); the reference settings are ``jq.ptq.SmoothQuant()``.
   """
   from jquant import ptq  # pylint: disable=import-outside-toplevel
+  if fmt not in FORMATS:
+    raise ValueError(f"--format {fmt!r} is not supported; use one of {FORMATS}.")
+  if fmt != "int":
+    if name not in ("rtn", "gptq"):
+      raise ValueError(f"--format {fmt} works with --method rtn or gptq (the format's grid), got {name!r}.")
+    spec = format_spec(fmt)
+    return ptq.RTN(spec) if name == "rtn" else ptq.GPTQ(spec, act_order=act_order)
   if name == "rtn":
     return ptq.RTN(weight_spec(bits, group_size, grid))
   if name == "gptq":

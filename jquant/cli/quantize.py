@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--group-size", type=int, default=None,
                       help="group size along the input axis (default: 64 for smollm2, 128 for minilm; -1 = per channel)")
   parser.add_argument("--act-order", action="store_true", help="GPTQ: quantize columns in decreasing Hessian order")
+  parser.add_argument("--format", default="int", choices=common.FORMATS,
+                      help="weight number format: int (--bits/--group-size grid) or a microscaling format "
+                           "(mxfp8: E4M3 + E8M0 scales per 32; mxfp4: E2M1 + E8M0 per 32; nvfp4: E2M1 + E4M3 per 16 "
+                           "and a per-tensor scale); rtn/gptq only")
   parser.add_argument("--grid", default="minmax", choices=common.GRIDS,
                       help="4/3/2-bit group ranges: min/max (default) or an MSE search over shrink factors")
   parser.add_argument("--embedding", default="int8", choices=common.EMBEDDINGS,
@@ -55,16 +59,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def quantize_real(model_name: str, method_name: str, bits: int, group_size: int | None, act_order: bool = False,
                   calib_text: str | None = None, calib_samples: int | None = None, progress: bool = True,
-                  grid: str = "minmax", embedding: str = "int8", report: bool = False):
+                  grid: str = "minmax", embedding: str = "int8", report: bool = False, fmt: str = "int"):
   """Loads the model and quantizes it (calibrating only when the method needs data, or ``report`` asks for the
   output SQNR of a data-free method). Returns (model, params, qparams, report text, meta)."""
   from jquant import ptq  # pylint: disable=import-outside-toplevel
   family = common.model_family(model_name)
   if family != model_name:
     model_name = str(Path(model_name).resolve())
-  if group_size is None:
+  if fmt != "int":   # the format fixes the block and the bits
+    qt = common.format_spec(fmt).qtype
+    group_size, bits = qt.block_size, qt.bits
+  elif group_size is None:
     group_size = common.DEFAULT_GROUP[family]
-  method = common.build_method(method_name, bits, group_size, act_order, grid)
+  method = common.build_method(method_name, bits, group_size, act_order, grid, fmt)
   common.embedding_spec(embedding)     # validate before the load
   t_load = time.perf_counter()
   model, params = common.load_model(model_name)
@@ -82,7 +89,7 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
   else:
     text = str(ptq_report)
   meta = {"model": model_name, "method": method_name, "bits": bits, "group_size": group_size,
-          "act_order": act_order, "grid": grid, "embedding": embedding, "quantize_seconds": seconds}
+          "act_order": act_order, "grid": grid, "embedding": embedding, "format": fmt, "quantize_seconds": seconds}
   return model, params, qparams, text, meta
 
 
@@ -121,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
   check_args(args)
   _, _, qparams, text, meta = quantize_real(args.model, args.method, args.bits, args.group_size, args.act_order,
                                             args.calib_text, args.calib_samples, grid=args.grid,
-                                            embedding=args.embedding, report=args.report)
+                                            embedding=args.embedding, report=args.report, fmt=args.format)
   out = common.save_checkpoint(args.out, qparams, meta, overwrite=args.overwrite, files={"report.txt": text})
   summary = text.splitlines()[0] if text else ""
   print(summary)

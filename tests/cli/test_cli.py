@@ -70,3 +70,14 @@ def test_demo_minilm_rtn_writes_table_json_png(tmp_path):
   assert [(x["method"], x["bits"]) for x in rows] == [("fp32 (reference)", 32), ("RTN", 8), ("RTN", 4), ("RTN", 3)]
   assert abs(rows[2]["mean_cos"] - 0.94283) < 0.005 and rows[1]["size_mb"] < rows[0]["size_mb"]
   assert "| RTN | 4 | 128 |" in r.stdout and (tmp_path / "quality_vs_size.png").stat().st_size > 0
+
+
+def test_format_flag_builds_the_microscaling_grids():
+  for fmt, qt in (("mxfp8", jq.MXFP8_E4M3), ("mxfp4", jq.MXFP4), ("nvfp4", jq.NVFP4)):
+    for name in ("rtn", "gptq"):
+      m = common.build_method(name, 4, 64, fmt=fmt)
+      assert m.spec.qtype is qt and m.spec.granularity == jq.PerGroup(axis=0, size=qt.block_size)
+  with pytest.raises(ValueError, match="rtn or gptq"):
+    common.build_method("awq", 4, 64, fmt="mxfp4")
+  with pytest.raises(ValueError, match="not supported"):
+    common.build_method("rtn", 4, 64, fmt="fp6")
