@@ -7,7 +7,7 @@ import pytest
 import jquant as jq
 from jquant.core import mx
 
-pytestmark = pytest.mark.randomized
+pytestmark = [pytest.mark.randomized, pytest.mark.slow]   # three GPTQ compiles: ~30 s on the loaded 2-core machine
 
 
 @pytest.mark.parametrize("qt", [jq.MXFP4, jq.NVFP4, jq.MXFP8_E4M3], ids=lambda q: q.name)
