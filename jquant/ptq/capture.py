@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jquant.ops.ragged import row_groups
+from jquant.ptq.distributed import host_array
 from jquant.ptq.linen_model import linen_intercept
 
 _HI = jax.lax.Precision.HIGHEST
@@ -46,14 +48,20 @@ class InputStats:
   count: float = 0.0
   samples: list = dataclasses.field(default_factory=list)
   bad_batch: int = -1
+  expert_counts: np.ndarray | None = None   # stacked experts: (E,) tokens routed to each (gram (E, K, K), ...)
+  sample_experts: list = dataclasses.field(default_factory=list)
 
   @property
   def mean_abs(self) -> jax.Array:
     return self.abs_sum / max(self.count, 1.0)
 
   def sample(self) -> np.ndarray:
-    """(S, K) subsampled real tokens."""
+    """(S, K) subsampled real tokens (stacked experts: sorted by expert, see `sample_groups`)."""
     return np.concatenate(self.samples, axis=0)
+
+  def sample_groups(self) -> np.ndarray:
+    """Stacked experts: the expert of each row of `sample`."""
+    return np.concatenate(self.sample_experts, axis=0)
 
 
 def _block_fn(model, i: int) -> Callable:
@@ -76,7 +84,28 @@ def _default_input(mod, args: tuple):
   return args[0] if args and mod.has_variable("params", "kernel") else None
 
 
+def _reduce_experts(x: jax.Array, group_sizes: jax.Array, stride: int):
+  """Per-expert statistics of an experts call: x (M, K) sorted by expert, ``group_sizes`` (E,)."""
+  xf = x.astype(jnp.float32)
+  e = group_sizes.shape[0]
+  gs = group_sizes.astype(jnp.int32)
+  rows = row_groups(gs, xf.shape[0])
+  real = rows < e
+  finite = jnp.all(jnp.isfinite(jnp.where(real[:, None], xf, 0.0)))
+  xz = jnp.where(real[:, None] & jnp.isfinite(xf), xf, 0.0)
+  # sum over the rows of expert e of x x^T: the transpose of ragged_dot (a grouped GEMM on GPU / TPU)
+  _, vjp = jax.vjp(lambda w: jax.lax.ragged_dot(xz, w, gs, precision=_HI), jnp.zeros((e,) + xz.shape[1:] * 2))
+  ax = jnp.abs(xz)
+  seg = lambda v, op: op(v, rows, num_segments=e + 1)[:e]
+  counts = seg(real.astype(jnp.float32), jax.ops.segment_sum)
+  return dict(gram=vjp(xz)[0], abs_sum=seg(ax, jax.ops.segment_sum), abs_max=seg(ax, jax.ops.segment_max),
+              count=jnp.sum(counts), expert_count=counts, finite=finite, sample=xf[::stride],
+              sample_mask=real[::stride], sample_expert=rows[::stride])
+
+
 def _reduce(x: jax.Array, mask: jax.Array, stride: int):
+  if isinstance(x, tuple):           # stacked experts: (x, group_sizes)
+    return _reduce_experts(x[0], x[1], stride)
   k = x.shape[-1]
   xf = x.reshape(-1, k).astype(jnp.float32)
   mf = mask.reshape(-1)
@@ -167,7 +196,11 @@ def capture_block(model, i: int, block_params: PyTree, hiddens: Sequence[jax.Arr
       st.abs_sum = st.abs_sum + r["abs_sum"]
       st.abs_max = jnp.maximum(st.abs_max, r["abs_max"])
       st.count += float(r["count"])
-      st.samples.append(np.asarray(r["sample"])[np.asarray(r["sample_mask"])])
+      keep = host_array(r["sample_mask"])
+      st.samples.append(host_array(r["sample"])[keep])
+      if "expert_count" in r:
+        st.expert_counts = host_array(r["expert_count"]) + (0 if st.expert_counts is None else st.expert_counts)
+        st.sample_experts.append(host_array(r["sample_expert"])[keep])
     outs.append(out)
   index = box["index"]
   for p, j in index.items():

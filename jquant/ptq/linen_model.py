@@ -29,7 +29,7 @@ import jax
 
 from jquant.ptq.batches import call_args
 from jquant.ptq.traced import (LinearSite, TracedModel, _Call, _path_str, _Stop, classify_linear,  # noqa: F401
-                               flatten_input)
+                               experts_call, flatten_input)
 
 PyTree = Any
 
@@ -74,6 +74,8 @@ def linear_site(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[LinearSite |
   if isinstance(mod, nn.Einsum):
     eq = kwargs.get("einsum_str") or (args[1] if len(args) > 1 else None) or mod.einsum_str
     return classify_linear("einsum", "Einsum", kshape, x, has_bias, einsum_str=eq)
+  if experts_call(kshape, args, kwargs):
+    return classify_linear("experts", type(mod).__name__, kshape, x, has_bias)
   return classify_linear(None, type(mod).__name__, kshape, x, has_bias)
 
 

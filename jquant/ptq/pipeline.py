@@ -31,14 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jquant.core.granularity import PerGroup
-from jquant.core.qarray import QArray
 from jquant.core.quantize import dequantize
 from jquant.ops import qmatmul
 from jquant.ptq.access import (copy_dicts, get_block, get_in, kernel_view, linear_leaves, put_block, set_in,
                                set_kernel)
 from jquant.ptq.capture import capture_block, forward_block
+from jquant.ptq.checks import check_blockwise, check_experts_method, check_generic
+from jquant.ptq.distributed import check_mesh, shard_batches, shard_params
 from jquant.ptq.methods import check_method
+from jquant.ptq.moe import check_moe_options, experts_sqnr, solve_experts
 from jquant.ptq.protocol import BlockwiseModel
 from jquant.ptq.report import LayerReport, PTQReport, output_sqnr_db, tree_nbytes
 from jquant.ptq.scaling import eff_gram, scale_plan
@@ -91,47 +92,6 @@ def _is_nnx_module(model) -> bool:
   return isinstance(model, nnx.Module) and not isinstance(model, BlockwiseModel)
 
 
-def _check_inputs(model, params, method, skip) -> tuple[list[tuple[str, ...]], list[str], tuple[str, ...]]:
-  if not isinstance(model, BlockwiseModel):
-    raise TypeError(f"quantize_model: model {type(model).__name__} does not implement jquant.ptq.BlockwiseModel "
-                    "(block_names, embed, apply_block, linear_groups); wrap it like jquant.models.SmolLM2.")
-  check_method(method)
-  if not hasattr(params, "keys"):
-    raise TypeError(f"quantize_model: params must be the model's Flax 'params' dict, got {type(params).__name__}.")
-  if isinstance(skip, str) or not all(isinstance(p, str) for p in skip):
-    raise TypeError(f"quantize_model: skip must be a sequence of glob patterns over linear paths (e.g. "
-                    f"('layers_0/*', '*/down_proj')), got {skip!r}.")
-  names = list(model.block_names())
-  groups = [tuple(g) for g in model.linear_groups()]
-  missing = [n for n in names if n not in params]
-  if missing:
-    raise ValueError(f"quantize_model: params lack the blocks {missing[:3]}; pass the 'params' collection itself "
-                     "(not {'params': ...}).")
-  bad_fit = []
-  for n in names:
-    for g in groups:
-      for p in g:
-        try:
-          w = get_in(params[n], f"{p}/kernel")
-        except (KeyError, TypeError) as e:
-          raise ValueError(f"quantize_model: params[{n!r}] has no linear kernel at {p!r}/kernel (from "
-                           "linear_groups()).") from e
-        if isinstance(w, QArray) or not hasattr(w, "ndim") or w.ndim != 2 or not jnp.issubdtype(w.dtype, jnp.floating):
-          raise ValueError(f"quantize_model: {n}/{p}/kernel must be a float (in, out) array, got "
-                           f"{type(w).__name__} {getattr(w, 'shape', None)}; quantize float params only once.")
-        spec = getattr(method, "spec", None)
-        if spec is not None and isinstance(spec.granularity, PerGroup) and w.shape[0] % spec.granularity.size:
-          bad_fit.append((f"{n}/{p}", w.shape[0]))
-  if bad_fit:
-    ks = sorted({k for _, k in bad_fit} | {get_in(params[names[0]], f"{p}/kernel").shape[0] for g in groups for p in g})
-    size = method.spec.granularity.size
-    fits = [g for g in (256, 192, 128, 96, 64, 32, 16, 8, 4) if g < size and all(k % g == 0 for k in ks)]
-    hint = f"use PerGroup(axis=0, size={fits[0]})" if fits else "use PerChannel(axis=-1)"
-    raise ValueError(f"quantize_model: group size {size} does not divide the input features "
-                     f"of {len(bad_fit)} linears (e.g. {bad_fit[0][0]} has {bad_fit[0][1]}); {hint}.")
-  return groups, names, tuple(skip)
-
-
 def _layer_out(leaves: dict, kernel, x, matmul) -> jax.Array:
   if "input_scale" in leaves:
     x = x * leaves["input_scale"].astype(x.dtype)
@@ -171,11 +131,18 @@ def _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method,
       t0 = time.perf_counter()
       view = kernel_view(model, p)
       fp_leaves = linear_leaves(wb, p, view)
-      qa, loss, extra = method.solve(fp_leaves["kernel"], eff_gram(stats[p], fp_leaves), view)
+      experts = getattr(model, "experts_of", lambda _: 0)(p)
+      if experts:         # stacked MoE experts: per-expert statistics, one stacked solve (jquant.ptq.moe)
+        qa, loss, extra = solve_experts(method, fp_leaves["kernel"], stats[p], _full(name, p), *model.moe)
+      else:
+        qa, loss, extra = method.solve(fp_leaves["kernel"], eff_gram(stats[p], fp_leaves), view)
       set_kernel(wb, p, view, dequantize(qa).astype(fp_leaves["kernel"].dtype))
       set_kernel(ob, p, view, qa)
-      sq = _sqnr(fp_leaves, linear_leaves(ob, p, view), stats[p].sample(), matmul=method.matmul)
-      k, n = fp_leaves["kernel"].shape
+      if experts:
+        sq = experts_sqnr(fp_leaves["kernel"], qa, stats[p])
+      else:
+        sq = _sqnr(fp_leaves, linear_leaves(ob, p, view), stats[p].sample(), matmul=method.matmul)
+      k, n = fp_leaves["kernel"].shape[-2:]
       entries.append(LayerReport(_full(name, p), method.name, method.bits, sq, loss, time.perf_counter() - t0, k, n,
                                  extra))
   put_block(model, work, name, wb)
@@ -276,35 +243,10 @@ def _generic_model(model, params, batches, blocks, apply_fn):
   return LinenModel(model, params, batches[0], blocks=blocks, apply_fn=apply_fn)
 
 
-def _check_generic(model, params, method, skip):
-  """Validation of a `LinenModel`: float kernels that fit the method's spec."""
-  check_method(method)
-  if isinstance(skip, str) or not all(isinstance(p, str) for p in skip):
-    raise TypeError(f"quantize_model: skip must be a sequence of glob patterns over linear paths, got {skip!r}.")
-  spec = getattr(method, "spec", None)
-  bad = []
-  for p, site in model.sites.items():
-    w = get_in(params, f"{p}/kernel")
-    if isinstance(w, QArray) or not jnp.issubdtype(w.dtype, jnp.floating):
-      raise ValueError(f"quantize_model: {p}/kernel must be a float array, got {type(w).__name__}; quantize float "
-                       "params only once.")
-    if spec is not None and isinstance(spec.granularity, PerGroup):
-      try:
-        site.view.granularity_for(spec.granularity) if site.view.k % spec.granularity.size == 0 else bad.append(p)
-      except ValueError:
-        bad.append(p)
-  if bad:
-    ks = sorted({model.sites[p].view.k for p in bad})
-    raise ValueError(f"quantize_model: group size {spec.granularity.size} does not fit the input features of "
-                     f"{len(bad)} linears (e.g. {bad[0]} with K = {ks[0]} over input axes "
-                     f"{model.sites[bad[0]].view.in_shape}); use a group size dividing each, or PerChannel(axis=-1).")
-  model.bind_params(params)
-  return [tuple(g) for g in model.linear_groups()], list(model.block_names()) if model.block_paths else [], \
-      tuple(skip)
-
-
 def quantize_model(model, params: PyTree, calib_batches: Iterable, method, *, skip: Sequence[str] = (),
-                   blocks: str | None = None, apply_fn=None, progress: bool = True) -> tuple[PyTree, PTQReport]:
+                   blocks: str | None = None, apply_fn=None, progress: bool = True, mesh=None,
+                   data_axis: str = "data", model_axis: str = "model", moe_min_tokens: int = 32,
+                   moe_fallback: str = "rtn") -> tuple[PyTree, PTQReport]:
   """Quantizes every linear of ``model``'s blocks with ``method``, calibrated on ``calib_batches``.
 
   Args:
@@ -316,6 +258,12 @@ def quantize_model(model, params: PyTree, calib_batches: Iterable, method, *, sk
       ``LLMInt8(threshold)``.
     skip: glob patterns over full linear paths (``"layers_0/self_attn/q_proj"``) to leave in float.
     progress: a tqdm bar over blocks on stderr.
+    mesh: a `jax.sharding.Mesh` to calibrate on (`jquant.ptq.distributed`): batches (this process's own) split over
+      ``data_axis``, kernels over ``model_axis`` (unless already laid out on the mesh), statistics all-reduced over
+      the data axis, N-sharded kernels solved shard-locally; the quantized kernels keep their sharding.
+    moe_min_tokens: stacked MoE experts (`jquant.ptq.moe`) that received fewer calibration tokens are "starved".
+    moe_fallback: what starved experts get: ``"rtn"`` (round-to-nearest, with a warning) or ``"all_tokens"`` (solved
+      with the statistics of every token reaching the layer). The report lists each expert's tokens.
 
   Returns:
     ``(qparams, report)``: params with `QArray` kernels (plus folded norm scales / ``input_scale`` leaves for
@@ -338,13 +286,21 @@ def quantize_model(model, params: PyTree, calib_batches: Iterable, method, *, sk
   if not batches:
     raise ValueError("quantize_model: calib_batches is empty; pass at least one calibration batch (e.g. "
                      "jquant.eval.lm_calibration_windows(model) split into batches).")
+  if mesh is not None:
+    check_mesh(mesh, data_axis, model_axis)
+    batches = shard_batches(batches, mesh, data_axis)
   generic = not isinstance(model, BlockwiseModel)
   if generic:
     model = _generic_model(model, params, batches, blocks, apply_fn)
     params = model.params_tree(params)         # NNX: the nnx.State as a dict of arrays (string keys)
-    groups, names, skip = _check_generic(model, params, method, skip)
+    groups, names, skip = check_generic(model, params, method, skip)
+    check_experts_method(model, method)
+    check_moe_options(moe_min_tokens, moe_fallback)
+    model.moe = (moe_min_tokens, moe_fallback)
   else:
-    groups, names, skip = _check_inputs(model, params, method, skip)
+    groups, names, skip = check_blockwise(model, params, method, skip)
+  if mesh is not None:
+    params = shard_params(params, mesh, model_axis)
   keep = lambda full: not any(fnmatch.fnmatchcase(full, pat) for pat in skip)
   if names:
     hs, ctxs, tokens = _embed_all(model, params, batches)

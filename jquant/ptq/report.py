@@ -91,6 +91,11 @@ class PTQReport:
     for e in self.layers:
       loss = "" if e.loss is None else f"{e.loss:.4g}"
       lines.append(f"{e.path:<{w}}  {e.bits:>4}  {e.sqnr_db:7.2f}  {loss:>10}  {e.seconds:5.2f}")
+    for e in self.layers:
+      if "experts" in e.extra:
+        per = ", ".join(f"{x['expert']}:{x['tokens']}" + ("" if x["done"] == "solved" else f" {x['done']}")
+                        for x in e.extra["experts"])
+        lines.append(f"experts {e.path} (expert:tokens): {per}")
     if self.skipped:
       lines.append(f"skipped (float): {', '.join(self.skipped)}")
     for path, why in self.unsupported:

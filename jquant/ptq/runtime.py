@@ -7,7 +7,8 @@
 `jquant.ops.qdot` by default (the Pallas kernels on a GPU, XLA elsewhere; no float copy of the weight outside the
 matmul), or a W8A8 / LLM.int8 matmul -- and reshaped to Flax's output layout, plus the bias. Linears with float
 kernels run as Flax runs them (or through ``matmul`` when one is given). Works under ``jax.jit``; ``nn.scan``-ned
-layers receive one layer's slice of a stacked QArray.
+layers receive one layer's slice of a stacked QArray. Stacked MoE experts (a (E, K, N) kernel called as
+``(x, group_sizes)``, `jquant.ptq.moe`) run through `jquant.ops.ragged_qdot`.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import numpy as np
 from jquant.core.qarray import QArray
 from jquant.core.quantize import dequantize
 from jquant.core.views import qarray_to_matrix
-from jquant.ops import qmatmul
+from jquant.ops import qmatmul, ragged_qdot
 from jquant.ptq.linen_model import linear_site
-from jquant.ptq.traced import flatten_input
+from jquant.ptq.traced import flatten_input, group_sizes_of
 
 __all__ = ["QuantizedRuntime", "quantized_linear"]
 
@@ -71,6 +72,9 @@ class QuantizedRuntime:
       if isinstance(kernel, QArray) or has_scale:
         raise NotImplementedError(f"{'/'.join(mod.path)}: quantized params on a layer jquant cannot run: {why}.")
       return next_fun(*args, **kwargs)
+    if site.experts:           # stacked MoE experts: the grouped quantized matmul
+      dtype = mod.dtype if getattr(mod, "dtype", None) is not None else args[0].dtype
+      return ragged_qdot(args[0], kernel, group_sizes_of(args, kwargs), out_dtype=dtype)
     return self._linear(mod, site, args[0], kernel, has_scale)
 
   def _linear(self, mod, site, x, kernel, has_scale):

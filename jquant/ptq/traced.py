@@ -24,15 +24,16 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jquant.core.qarray import QArray
 from jquant.core.views import MatrixView, stack_qarrays
 from jquant.ptq.access import get_in
+from jquant.ptq.sites import (LinearSite, classify_linear, experts_call, flatten_input,  # noqa: F401  (re-exported)
+                              group_sizes_of, parse_einsum)
 
 PyTree = Any
 
-__all__ = ["TracedModel", "LinearSite", "flatten_input", "parse_einsum"]
+__all__ = ["TracedModel", "LinearSite", "experts_call", "flatten_input", "group_sizes_of", "parse_einsum"]
 
 
 class _Stop(Exception):
@@ -41,82 +42,6 @@ class _Stop(Exception):
   def __init__(self, payload):
     super().__init__("stop")
     self.payload = payload
-
-
-@dataclasses.dataclass(frozen=True)
-class LinearSite:
-  """One linear layer: its kind, kernel view and the input axes it contracts (in kernel in-axis order)."""
-
-  kind: str
-  view: MatrixView
-  x_axes: tuple[int, ...]      # negative axes of the input, in the order of view.in_axes
-  einsum_str: str | None = None
-  has_bias: bool = False
-
-
-def parse_einsum(eq: str, x_ndim: int, k_ndim: int):
-  eq = eq.replace(" ", "")
-  if "->" not in eq or eq.count(",") != 1:
-    return None, f"einsum {eq!r} is not 'lhs,rhs->out'"
-  lhs, rest = eq.split(",")
-  rhs, out = rest.split("->")
-  if "." in rhs:
-    return None, f"einsum {eq!r}: an ellipsis in the kernel operand"
-  if "..." in lhs:
-    pre, post = lhs.split("...")
-    pos = {c: i - x_ndim for i, c in enumerate(pre)}   # negative positions
-    pos.update({c: j - len(post) for j, c in enumerate(post)})
-  else:
-    pos = {c: i - len(lhs) for i, c in enumerate(lhs)}
-  out_letters = out.replace("...", "")
-  shared = [c for c in rhs if c in pos and c in out_letters]
-  if shared:
-    return None, f"einsum {eq!r}: kernel axes {shared} are batch axes (in input, kernel and output)"
-  in_axes = tuple(i for i, c in enumerate(rhs) if c in pos)
-  out_axes = tuple(i for i, c in enumerate(rhs) if c not in pos)
-  if not in_axes or not out_axes or any(c not in out_letters for c in rhs if c not in pos):
-    return None, f"einsum {eq!r}: the kernel needs contracted and output axes"
-  x_axes = tuple(pos[rhs[i]] for i in in_axes)
-  return (in_axes, out_axes, x_axes), None
-
-
-def classify_linear(kind: str | None, name: str, kshape: tuple, x, has_bias: bool, *, axis=None,
-                    unsupported: str | None = None, einsum_str: str | None = None):
-  """(LinearSite, None) or (None, reason) for a linear call of a known kind, shared by the Linen and NNX adapters.
-
-  ``kind``: "dense" (a (K, N) kernel), "dense_general" (the kernel's leading ``len(axis)`` axes are contracted
-  with x's ``axis``), "einsum" (``einsum_str``), or None for a module with a kernel jquant cannot quantize;
-  ``unsupported``: a reason that makes a known kind unsupported (e.g. batch dims)."""
-  if x is None or not hasattr(x, "ndim"):
-    return None, f"{name}: first argument is not an array"
-  if kind is None:
-    return None, f"{name} (a module with a 'kernel' param jquant cannot quantize)"
-  if unsupported is not None:
-    return None, unsupported
-  if kind == "dense":
-    if len(kshape) != 2:
-      return None, f"{name} kernel of rank {len(kshape)}"
-    return LinearSite("dense", MatrixView.dense(kshape, 1), (-1,), None, has_bias), None
-  if kind == "dense_general":
-    axis = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
-    x_axes = tuple((a % x.ndim) - x.ndim for a in axis)
-    return LinearSite("dense_general", MatrixView.dense(kshape, len(axis)), x_axes, None, has_bias), None
-  parsed, why = parse_einsum(einsum_str or "", x.ndim, len(kshape))
-  if parsed is None:
-    return None, why
-  in_axes, out_axes, x_axes = parsed
-  return LinearSite("einsum", MatrixView(kshape, in_axes, out_axes), x_axes, einsum_str.replace(" ", ""),
-                    has_bias), None
-
-
-def flatten_input(x: jax.Array, x_axes: Sequence[int]) -> jax.Array:
-  """The input of a linear as (tokens, K): contracted axes moved last (kernel order), the rest flattened."""
-  nd = x.ndim
-  src = [a % nd for a in x_axes]
-  rest = [a for a in range(nd) if a not in src]
-  xt = jnp.transpose(x, rest + src)
-  k = int(np.prod([x.shape[a] for a in src]))
-  return xt.reshape(-1, k)
 
 
 def _path_str(path: Sequence[str]) -> str:
@@ -367,9 +292,17 @@ class TracedModel:
     return None if view.is_identity else view
 
   def capture_input(self, mod, args: tuple, kwargs: dict):
-    """The (tokens, K) input of a supported linear call, else None."""
+    """The (tokens, K) input of a supported linear call (with its ``group_sizes`` for stacked experts), else None."""
     site, _ = self.linear_site(mod, args, kwargs)
+    if site is not None and site.experts:
+      return args[0], group_sizes_of(args, kwargs)
     return None if site is None else flatten_input(args[0], site.x_axes)
+
+  def experts_of(self, path: str) -> int:
+    """The number of stacked experts of a linear (block-relative or full path); 0 for a plain linear."""
+    full = path if path in self.sites else f"{_path_str(self.block_paths[0])}/{path}" if self.block_paths else path
+    site = self.sites.get(full)
+    return site.experts if site is not None else 0
 
   def outside_groups(self) -> list[list[str]]:
     """Linears outside the blocks (full paths), grouped by shared input, in call order."""

@@ -50,6 +50,7 @@ from jquant.core.quantize import (check_float_array, compute_qparams, dequantize
                                   quantize_checked, quantize_with_params, scale_f32,
                                   unusable_scale_message)
 from jquant.core.spec import QuantSpec
+from jquant.solvers.sharded import column_sharding, solve_by_columns
 
 _HI = lax.Precision.HIGHEST
 _RETRIES = 2   # more damping after a failed factorization, twice
@@ -292,6 +293,27 @@ def gptq_solve(w, hessian, damp, *, spec: QuantSpec, block_size: int = 128, act_
   return qa, losses, info
 
 
+def _solve_parts(w, hessian, damp, *, spec, block_size, act_order, static_groups):
+  """`gptq_solve` with the QArray's arrays as a tuple (the shard_map-able form)."""
+  qa, losses, info = gptq_solve(w, hessian, damp, spec=spec, block_size=block_size, act_order=act_order,
+                                static_groups=static_groups)
+  return (qa.qvalue, qa.scale, qa.zero_point, qa.g_idx), losses, info
+
+
+@functools.lru_cache(maxsize=64)
+def _parts_fn(spec, block_size, act_order, static_groups):
+  """One hashable solve function per static configuration (so the sharded program compiles once per shape)."""
+  return functools.partial(_solve_parts, spec=spec, block_size=block_size, act_order=act_order,
+                           static_groups=static_groups)
+
+
+def _from_parts(parts, losses, info, qa_like):
+  spec, w = qa_like
+  qv, scale, zp, g_idx = parts
+  return QArray(qvalue=qv, scale=scale, zero_point=zp, g_idx=g_idx, qtype=spec.qtype, spec=spec,
+                dtype=str(jnp.dtype(w.dtype))), losses, info
+
+
 @jax.jit
 def _count_nonfinite(x):
   return jnp.sum(~jnp.isfinite(x))
@@ -419,8 +441,16 @@ def gptq(w, hessian, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.
                   "(no calibration signal); calibrate on data that reaches this layer to get a GPTQ solve.",
                   RuntimeWarning, stacklevel=2)
     return quantize(w, spec), jnp.zeros(w.shape, jnp.float32)
-  qa, losses, info = gptq_solve(w, hessian, jnp.float32(damp), spec=spec, block_size=block_size,
-                                act_order=bool(act_order), static_groups=bool(static_groups))
+  sharded = column_sharding(w, spec)
+  if sharded is None:
+    qa, losses, info = gptq_solve(w, hessian, jnp.float32(damp), spec=spec, block_size=block_size,
+                                  act_order=bool(act_order), static_groups=bool(static_groups))
+  else:                      # N-sharded kernel: each device solves its columns (see jquant.solvers.sharded)
+    core = _parts_fn(spec, block_size, bool(act_order), bool(static_groups))
+    qa, losses, info = _from_parts(*solve_by_columns(
+        core, w, hessian, jnp.float32(damp), mesh=sharded[0], axis=sharded[1],
+        out_kinds=(("col", "col", None if spec.symmetric else "col", "rep" if act_order and g is not None
+                    and not static_groups else None), "col", GPTQInfo("rep", "rep", "rep", "rep"))), qa_like=(spec, w))
   if not isinstance(info.ok, jax.core.Tracer):
     if not bool(info.ok):
       raise ValueError(f"gptq: the Cholesky factorization of the Hessian failed even with "

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 
+import jax
 import jax.numpy as jnp
 
 from jquant.core.granularity import PerGroup
 from jquant.core.mx import NVFP4Scale, nvfp4_tensor_scale
 from jquant.core.spec import QuantSpec
 from jquant.ptq.methods.base import NoTransform, check_spec, pos_int
-from jquant.solvers.gptq import gptq
+from jquant.solvers.gptq import gptq, gptq_solve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,3 +73,29 @@ class GPTQ(NoTransform):
     if caught:             # damping retries, RTN fallbacks: listed in the report's layer entry
       extra["warnings"] = [str(c.message) for c in caught]
     return qa, float(jnp.sum(losses)), extra
+
+  def solve_stacked(self, w, grams):
+    """Stacked kernels (E, K, N) with one Gram matrix each (E, K, K): one vmapped GPTQ program (shardable over E).
+
+    Returns (QArray (E, K, N) as a stacked view of per-expert slices, per-expert losses (E,), extra)."""
+    qa, losses, info = _stacked_program(self.spec, self.block_size, self.act_order, self.static_groups)(
+        w, grams, jnp.float32(self.damp))
+    ok = jax.device_get(info.ok)
+    if not ok.all():
+      raise ValueError(f"GPTQ: the Cholesky factorization failed for experts {list(map(int, (~ok).nonzero()[0]))} "
+                       "even with 100x damping; their Gram matrices are not positive semi-definite.")
+    if not bool(jnp.all(jnp.isfinite(qa.scale))):
+      raise ValueError("GPTQ: the stacked solve produced non-finite scales (a weight range the grid cannot hold).")
+    used = jax.device_get(info.damp_used)
+    extra = {}
+    if (used > self.damp * (1 + 1e-6)).any():
+      extra["warnings"] = [f"gptq: Cholesky needed damp={float(d):g} for expert {i}"
+                           for i, d in enumerate(used) if d > self.damp * (1 + 1e-6)]
+    return qa, jax.device_get(jnp.sum(losses, axis=(1, 2))), extra
+
+
+@functools.lru_cache(maxsize=16)
+def _stacked_program(spec, block_size, act_order, static_groups):
+  solve = functools.partial(gptq_solve, spec=spec, block_size=block_size, act_order=act_order,
+                            static_groups=static_groups)
+  return jax.jit(jax.vmap(solve, in_axes=(0, 0, None)))
