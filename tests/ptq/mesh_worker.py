@@ -109,13 +109,13 @@ def compare(case: str, seed: int) -> dict:
   return res
 
 
-def capture_memory(seed: int) -> dict:
-  """Per-device bytes of one block's statistics and kernels while calibrating on the 2 x 4 mesh."""
+def capture_memory(seed: int, shape=(2, 4)) -> dict:
+  """Per-device bytes of one block's statistics, kernels and inputs while calibrating on a (data, model) mesh."""
   from jquant.ptq.capture import capture_block  # pylint: disable=import-outside-toplevel
   from jquant.ptq.distributed import shard_batches, shard_params  # pylint: disable=import-outside-toplevel
   from jquant.ptq.linen_model import LinenModel  # pylint: disable=import-outside-toplevel
   model, params, batches = tiny_setup(seed)
-  mesh = mesh_2x4()
+  mesh = Mesh(np.array(jax.devices()[:shape[0] * shape[1]]).reshape(shape), ("data", "model"))
   batches = shard_batches(batches, mesh)
   lm = LinenModel(model, params, batches[0])
   sp = shard_params(params, mesh)
@@ -124,10 +124,11 @@ def capture_memory(seed: int) -> dict:
   bp = lm.get_block(sp, lm.block_names()[0])
   _, stats = capture_block(lm, 0, bp, [h], [ctx], ["gate", "down"])
   dev = {}
-  for arr in (stats["gate"].gram, stats["down"].gram, bp["gate"]["kernel"], bp["down"]["kernel"], h):
+  for arr in (stats["gate"].gram, stats["down"].gram, *jax.tree.leaves(bp), h):
     for sh in arr.addressable_shards:
-      dev.setdefault(str(sh.device), []).append(int(sh.data.nbytes))
-  return {"gram_gate": [int(s.data.nbytes) for s in stats["gate"].gram.addressable_shards],
+      dev[str(sh.device)] = dev.get(str(sh.device), 0) + int(sh.data.nbytes)
+  return {"max_device_bytes": max(dev.values()), "total_bytes": sum(int(a.nbytes) for a in
+          (stats["gate"].gram, stats["down"].gram, *jax.tree.leaves(bp), h)),"gram_gate": [int(s.data.nbytes) for s in stats["gate"].gram.addressable_shards],
           "kernel_gate": [int(s.data.nbytes) for s in bp["gate"]["kernel"].addressable_shards],
           "hidden": [int(s.data.nbytes) for s in h.addressable_shards],
           "hidden_total": int(h.nbytes), "kernel_total": int(bp["gate"]["kernel"].nbytes),
