@@ -70,8 +70,9 @@ def solve_experts(method, w, stats, path: str, min_tokens: int, fallback: str):
   if fallback == "all_tokens" and starved.any():
     grams = jnp.where(jnp.asarray(starved)[:, None, None], jnp.sum(grams, axis=0)[None], grams)
   stacked = getattr(method, "solve_stacked", None)
-  if stacked is not None:
-    qa, losses, extra = stacked(w, grams)
+  res = stacked(w, grams) if stacked is not None else None
+  if res is not None:
+    qa, losses, extra = res
     slices = _unstack(qa, e)
   else:
     outs = [method.solve(w[i], grams[i]) for i in range(e)]

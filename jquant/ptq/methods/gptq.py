@@ -77,7 +77,10 @@ class GPTQ(NoTransform):
   def solve_stacked(self, w, grams):
     """Stacked kernels (E, K, N) with one Gram matrix each (E, K, K): one vmapped GPTQ program (shardable over E).
 
-    Returns (QArray (E, K, N) as a stacked view of per-expert slices, per-expert losses (E,), extra)."""
+    Returns (QArray (E, K, N) as a stacked view of per-expert slices, per-expert losses (E,), extra), or None for
+    specs the vmapped core does not cover (NVFP4's tensor scale): the caller then solves expert by expert."""
+    if self.spec.qtype.scale_format == "float8_e4m3fn":
+      return None
     qa, losses, info = _stacked_program(self.spec, self.block_size, self.act_order, self.static_groups)(
         w, grams, jnp.float32(self.damp))
     ok = jax.device_get(info.ok)
