@@ -142,6 +142,17 @@ def build_method(name: str, bits: int, group_size: int | None, act_order: bool =
   raise ValueError(f"unknown method {name!r}; choose one of {METHODS}.")
 
 
+def with_act_bits(method, act_bits: int | None):
+  """``method`` whose runtime also quantizes activations per token to ``act_bits`` (8 or 4; None: unchanged)."""
+  if act_bits is None:
+    return method
+  if getattr(method, "matmul", None) is not None:
+    raise ValueError(f"--act-bits {act_bits}: {method.name} already quantizes activations; use it with a weight-only "
+                     "method (rtn, gptq, awq).")
+  from jquant import ptq  # pylint: disable=import-outside-toplevel
+  return ptq.ActQuant(method, act_bits)
+
+
 def load_model(name: str, matmul=None):
   """A built-in model by name, or a local Hugging Face folder (``--model PATH``, `jquant.models.from_pretrained`)."""
   from jquant import models  # pylint: disable=import-outside-toplevel
@@ -247,7 +258,11 @@ def load_checkpoint(path: str | Path):
     raise ValueError(f"{path} is not a jquant checkpoint folder (needs meta.json and params.safetensors, as "
                      "written by `python -m jquant quantize ... --out DIR`).")
   meta = read_meta(path)
-  method = build_method(meta["method"], meta["bits"], meta.get("group_size"), meta.get("act_order", False))
+  method = with_act_bits(build_method(meta["method"], meta["bits"], meta.get("group_size"),
+                                      meta.get("act_order", False)), meta.get("act_bits"))
   model, _ = load_model(meta["model"], matmul=getattr(method, "matmul", None))
+  if meta.get("rotate"):       # params are rotated: untied head, online Hadamard before down_proj
+    from jquant.models.rotation import rotated_model  # pylint: disable=import-outside-toplevel
+    model = rotated_model(model)
   params = jq.io.load_safetensors(path / "params.safetensors")
   return model_family(meta["model"]), model, params, meta

@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--report", action="store_true",
                       help=f"data-free methods ({', '.join(common.DATA_FREE)}): also measure each layer's output "
                            "SQNR on a small calibration sample (default: weight SQNR only, no data)")
+  parser.add_argument("--rotate", action="store_true",
+                      help="smollm2 / Llama: randomized Hadamard rotations first (QuaRot R1, R2 + online R4)")
+  parser.add_argument("--act-bits", type=int, default=None, choices=(8, 4),
+                      help="also quantize activations per token at run time (W4A8 / W4A4; weight-only methods)")
   parser.add_argument("--calib-text", default=None, metavar="PATH", help="calibration text (default: other plays)")
   parser.add_argument("--calib-samples", type=int, default=None,
                       help="calibration windows (smollm2, default 32) or paragraphs (minilm, default 256)")
@@ -59,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def quantize_real(model_name: str, method_name: str, bits: int, group_size: int | None, act_order: bool = False,
                   calib_text: str | None = None, calib_samples: int | None = None, progress: bool = True,
-                  grid: str = "minmax", embedding: str = "int8", report: bool = False, fmt: str = "int"):
+                  grid: str = "minmax", embedding: str = "int8", report: bool = False, fmt: str = "int",
+                  rotate: bool = False, act_bits: int | None = None):
   """Loads the model and quantizes it (calibrating only when the method needs data, or ``report`` asks for the
   output SQNR of a data-free method). Returns (model, params, qparams, report text, meta)."""
   from jquant import ptq  # pylint: disable=import-outside-toplevel
@@ -71,11 +76,16 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
     group_size, bits = qt.block_size, qt.bits
   elif group_size is None:
     group_size = common.DEFAULT_GROUP[family]
-  method = common.build_method(method_name, bits, group_size, act_order, grid, fmt)
+  method = common.with_act_bits(common.build_method(method_name, bits, group_size, act_order, grid, fmt), act_bits)
+  if rotate and family != "smollm2":
+    raise ValueError(f"--rotate supports Llama-architecture models (smollm2 or a Llama HF folder), got {model_name!r}.")
   common.embedding_spec(embedding)     # validate before the load
   t_load = time.perf_counter()
   model, params = common.load_model(model_name)
   common.log(f"loaded {model_name} in {time.perf_counter() - t_load:.1f} s")
+  if rotate:
+    from jquant.models.rotation import rotate as rotate_model  # pylint: disable=import-outside-toplevel
+    model, params = rotate_model(model, params, seed=0)
   t0 = time.perf_counter()
   if method_name in common.DATA_FREE:
     qparams = common.quantize_data_free(model, params, method)
@@ -89,7 +99,8 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
   else:
     text = str(ptq_report)
   meta = {"model": model_name, "method": method_name, "bits": bits, "group_size": group_size,
-          "act_order": act_order, "grid": grid, "embedding": embedding, "format": fmt, "quantize_seconds": seconds}
+          "act_order": act_order, "grid": grid, "embedding": embedding, "format": fmt, "quantize_seconds": seconds,
+          "rotate": rotate, "act_bits": act_bits}
   return model, params, qparams, text, meta
 
 
@@ -128,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
   check_args(args)
   _, _, qparams, text, meta = quantize_real(args.model, args.method, args.bits, args.group_size, args.act_order,
                                             args.calib_text, args.calib_samples, grid=args.grid,
-                                            embedding=args.embedding, report=args.report, fmt=args.format)
+                                            embedding=args.embedding, report=args.report, fmt=args.format,
+                                            rotate=args.rotate, act_bits=args.act_bits)
   out = common.save_checkpoint(args.out, qparams, meta, overwrite=args.overwrite, files={"report.txt": text})
   summary = text.splitlines()[0] if text else ""
   print(summary)

@@ -78,3 +78,16 @@ def test_bad_inputs(rng):
   with pytest.raises(ValueError, match="rotate_down needs a Hadamard size"):
     LlamaConfig(intermediate=36 + 6, rotate_down=True)
   assert rotated_model(model, online=False).config.rotate_down is False
+
+
+@pytest.mark.slow
+def test_rotated_smollm2_equals_the_float_model():
+  from jquant.models import load_smollm2
+  model, params = load_smollm2()
+  ids = jnp.asarray(model.encode_batch(["To be, or not to be, that is the question: whether 'tis nobler"]))
+  rmodel, rparams = rotate(model, params, seed=0)
+  ref = np.asarray(model.forward_blockwise(params, ids), np.float64)
+  got = np.asarray(rmodel.forward_blockwise(rparams, ids), np.float64)
+  # 30 blocks of width 576 / 1536 in float32: relative error ~ 1e-5 of the logit scale
+  np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+  assert (got.argmax(-1) == ref.argmax(-1)).all()

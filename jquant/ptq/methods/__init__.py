@@ -5,6 +5,7 @@ Activation-quantizing methods (`SmoothQuant`, `LLMInt8`) also carry the run-time
 `jquant.ptq.runtime_model` applies.
 """
 
+from jquant.ptq.methods.act_quant import ActQuant, ActQuantMatmul
 from jquant.ptq.methods.awq import AWQ
 from jquant.ptq.methods.base import PTQMethod, Scaling, check_method
 from jquant.ptq.methods.gptq import GPTQ
@@ -14,5 +15,5 @@ from jquant.ptq.methods.smoothquant import SmoothQuant, W8A8Matmul
 
 METHODS = (RTN, GPTQ, AWQ, SmoothQuant, LLMInt8)
 
-__all__ = ["AWQ", "GPTQ", "LLMInt8", "LLMInt8Matmul", "METHODS", "PTQMethod", "RTN", "Scaling", "SmoothQuant",
+__all__ = ["AWQ", "ActQuant", "ActQuantMatmul", "GPTQ", "LLMInt8", "LLMInt8Matmul", "METHODS", "PTQMethod", "RTN", "Scaling", "SmoothQuant",
            "W8A8Matmul", "check_method"]
