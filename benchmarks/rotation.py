@@ -23,6 +23,7 @@ def main() -> int:
   ap = argparse.ArgumentParser()
   ap.add_argument("--configs", default="rtn4,gptq4,gptq3")
   ap.add_argument("--windows", type=int, default=8)
+  ap.add_argument("--no-fp", action="store_true", help="skip the rotated float model's row")
   args = ap.parse_args()
   model, params = common.load_model("smollm2")
   batches = common.calibration_batches("smollm2", model, num=16)
@@ -31,8 +32,10 @@ def main() -> int:
   t_rot = time.perf_counter() - t0
   _row("method", "bits", "rotated", "acts", "Hamlet ppl", "quantize s", "eval s")
   t0 = time.perf_counter()
-  _row("fp32 rotated", 32, "yes", "fp", f"{common.evaluate('smollm2', rmodel, rparams, windows=args.windows)['ppl']:.2f}",
-       f"{t_rot:.1f}", f"{time.perf_counter() - t0:.1f}")
+  if not args.no_fp:
+    _row("fp32 rotated", 32, "yes", "fp",
+         f"{common.evaluate('smollm2', rmodel, rparams, windows=args.windows)['ppl']:.2f}", f"{t_rot:.1f}",
+         f"{time.perf_counter() - t0:.1f}")
   for cfg in args.configs.split(","):
     name, bits = cfg[:-1], int(cfg[-1])
     for rot in (True, False):

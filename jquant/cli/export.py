@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if meta.get("method") in ("smoothquant", "llm_int8"):
       raise ValueError(f"{args.dir}: {meta['method']} quantizes activations at run time, which the weight-only "
                        f"formats here cannot express; export a weight-only checkpoint (rtn, gptq, awq).")
+    if meta.get("act_bits") or meta.get("rotate"):
+      raise ValueError(f"{args.dir}: --act-bits / --rotate checkpoints need run-time activation quantization or an "
+                       "online Hadamard transform, which these formats cannot express; export a checkpoint quantized "
+                       "without them.")
     params = _float_embedding(params, family)
   else:
     model, params = common.load_model(args.model)

@@ -83,6 +83,10 @@ def export_pretrained(model: Any, params: dict, out_dir: str | Path, fmt: str = 
   else:
     raise TypeError(f"export_pretrained: expected a SmolLM2 or MiniLM model, got {type(model).__name__}.")
   settings = dataclasses.asdict(model.config)
+  if settings.pop("rotate_down", False):
+    raise ValueError("export_pretrained: this model computes an online Hadamard transform before down_proj "
+                     "(jquant.models.rotation, rotate_down=True), which Hugging Face configs cannot express; export a "
+                     "model rotated with online=False, or the unrotated one.")
   tk = model.tokenizer
   tok_json = tk.to_str() if tk is not None else None
   bos_id = eos_id = None

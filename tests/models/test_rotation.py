@@ -91,3 +91,11 @@ def test_rotated_smollm2_equals_the_float_model():
   # 30 blocks of width 576 / 1536 in float32: relative error ~ 1e-5 of the logit scale
   np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
   assert (got.argmax(-1) == ref.argmax(-1)).all()
+
+
+def test_export_refuses_online_rotation(rng, tmp_path):
+  from jquant.models import export_pretrained
+  model, params, _ = _setup(rng)
+  rmodel, rparams = rotate(model, params)
+  with pytest.raises(ValueError, match="online Hadamard"):
+    export_pretrained(rmodel, rparams, tmp_path / "x", "float")
