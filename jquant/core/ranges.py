@@ -164,6 +164,19 @@ def tile_range(t: jax.Array, qtype: QType, symmetric: bool, method) -> tuple[jax
   return jnp.min(t, axis=-1), jnp.max(t, axis=-1)   # MinMax, EMA
 
 
+def tile_all_finite(x: jax.Array, axes, keepdims: bool = False) -> jax.Array:
+  """True per reduced tile iff every element of ``x`` over ``axes`` is finite (NaN and +-inf give False).
+
+  ``sum(x * 2^-e)`` with ``2^e >= 2 n`` for ``n`` reduced elements: for finite ``x`` the sum is at most float32
+  max / 2 in magnitude (no overflow, whatever the rounding), a NaN or inf element makes it non-finite. One
+  read-only pass that XLA:CPU fuses into the reduction (an ``isfinite`` + ``all`` is not fused).
+  """
+  axes = tuple(a % x.ndim for a in (axes if isinstance(axes, (tuple, list)) else (axes,)))
+  n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+  e = max(1, int(np.ceil(np.log2(max(n, 1)))) + 1)
+  return jnp.isfinite(jnp.sum(x * jnp.float32(2.0 ** -e), axis=axes, keepdims=keepdims))
+
+
 def range_of(x: jax.Array, block, qtype: QType, symmetric: bool, method) -> tuple[jax.Array, jax.Array]:
   """(lo, hi) of shape ``x.shape // block`` for a calibration method.
 
@@ -175,15 +188,13 @@ def range_of(x: jax.Array, block, qtype: QType, symmetric: bool, method) -> tupl
       xi, axes, kw = x, tuple(i for i, b in enumerate(block) if b > 1), dict(keepdims=True)
     else:
       xi, axes, kw = x.reshape(tiling.interleaved_shape(x.shape, block)), tuple(range(1, 2 * x.ndim, 2)), {}
-    # XLA:CPU max/min reductions may drop NaN; mapping NaN to +-inf first makes a bad input show as an infinite
-    # range (callers check it) at no extra pass over x.
+    # XLA:CPU max/min reductions may drop NaN. A tile holding NaN/inf is found by a scaled sum instead (finite iff
+    # every element is), so that each reduction reads ``x`` directly: XLA:CPU fuses |x| and x * c into its reduction
+    # but materialises a select or a bitcast (a full-size temporary: 2x the traffic).
+    ok = tile_all_finite(xi, axes, **kw)
     if symmetric:
-      # |x| as int32 bits: integer max is exact for non-negative floats and puts NaN (bits above +inf's) on
-      # top, so a NaN/inf shows up as a non-finite absmax; it also vectorises better than a float max.
-      bits = jax.lax.bitcast_convert_type(xi, jnp.int32) & jnp.int32(0x7FFFFFFF)
-      hi = jax.lax.bitcast_convert_type(jnp.max(bits, axis=axes, **kw), jnp.float32)
+      hi = jnp.where(ok, jnp.max(jnp.abs(xi), axis=axes, **kw), jnp.nan)
       return -hi, hi
-    nan = jnp.isnan(xi)
-    return (jnp.min(jnp.where(nan, -jnp.inf, xi), axis=axes, **kw),
-            jnp.max(jnp.where(nan, jnp.inf, xi), axis=axes, **kw))
+    return (jnp.where(ok, jnp.min(xi, axis=axes, **kw), jnp.nan),
+            jnp.where(ok, jnp.max(xi, axis=axes, **kw), jnp.nan))
   return tile_range(tiling.to_tiles(x, block), qtype, symmetric, method)
