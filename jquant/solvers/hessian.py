@@ -5,7 +5,8 @@ As in the reference ``add_batch``: each update rescales ``H *= n / (n + b)`` and
 the batch flattened to (tokens, K). The overall scale does not matter to GPTQ (its damping is relative).
 
 The state is a pytree, so ``hessian_update`` can run inside ``jax.jit`` / ``lax.scan``. Non-finite activations are
-recorded in the state (no host sync per batch) and reported by ``hessian_finalize``.
+recorded in the state (no host sync per batch) and reported by ``hessian_finalize``. `check_hessian` and
+`rtn_fallback_reason` are the host-side checks GPTQ runs on a finished Hessian.
 """
 
 from __future__ import annotations
@@ -92,3 +93,58 @@ def hessian_finalize(state: HessianState) -> jax.Array:
       raise ValueError(f"hessian_finalize: calibration batch {bad} (0-based, of {int(state.batches)}) held NaN/inf "
                        "activations; the Hessian would be meaningless. Check the model in float32 on those inputs.")
   return state.h
+
+
+@jax.jit
+def _hessian_stats(h):
+  """(#non-finite entries, max |H - H^T| / max |H|, min diag H, max diag H) on the device (4 scalars to the host)."""
+  h = h.astype(jnp.float32)
+  finite = jnp.isfinite(h)
+  hf = jnp.where(finite, h, 0.0)
+  scale = jnp.maximum(jnp.max(jnp.abs(hf)), 1e-30)
+  d = jnp.diagonal(hf)
+  return jnp.sum(~finite), jnp.max(jnp.abs(hf - hf.T)) / scale, jnp.min(d), jnp.max(d)
+
+
+_F32_TINY = float(jnp.finfo(jnp.float32).tiny)
+
+
+def rtn_fallback_reason(hessian) -> str | None:
+  """Why GPTQ cannot use this concrete Hessian (then `gptq` falls back to RTN), or None.
+
+  An all-zero Hessian means the layer saw no calibration tokens (e.g. an MoE expert no token was routed to): every
+  input would count as dead and GPTQ would zero the whole weight. A Hessian whose largest diagonal entry is below
+  float32's smallest normal ({tiny}) holds no usable curvature (CPUs/GPUs flush such values to zero).
+  """
+  if isinstance(hessian, jax.core.Tracer):
+    return None
+  dmax = float(jax.device_get(_hessian_stats(hessian))[3])
+  if dmax == 0.0:
+    return ("its Hessian is all zero on the diagonal (the layer saw no calibration tokens, e.g. an MoE expert no "
+            "token was routed to), so GPTQ would zero every weight")
+  if dmax < _F32_TINY:
+    return (f"its Hessian is near zero (max diag H = {dmax:.3g} < float32's smallest normal {_F32_TINY:.3g}), so it "
+            "holds no usable curvature")
+  return None
+
+
+def check_hessian(hessian, k: int, what: str = "gptq") -> None:
+  """Host-side checks of a concrete Hessian: shape (K, K), finite, symmetric, non-negative diagonal."""
+  if hessian.ndim != 2 or hessian.shape[0] != hessian.shape[1]:
+    raise ValueError(f"{what}: hessian must be square (K, K), got shape {tuple(hessian.shape)}; accumulate it with "
+                     "jq.solvers.hessian_update over inputs (..., K).")
+  if hessian.shape[0] != k:
+    raise ValueError(f"{what}: hessian is {tuple(hessian.shape)} but w has K={k} input features (w is a Flax kernel "
+                     f"(K, N)); pass the Hessian of this layer's inputs, or w.T if w is (out, in).")
+  if isinstance(hessian, jax.core.Tracer):
+    return
+  n_bad, asym, dmin, _ = (float(v) for v in jax.device_get(_hessian_stats(hessian)))
+  if n_bad:
+    raise ValueError(f"{what}: hessian has {int(n_bad)} NaN/inf entries; check the calibration "
+                     "activations (jq.solvers.hessian_finalize rejects NaN inputs).")
+  if asym > 1e-4:
+    raise ValueError(f"{what}: hessian is not symmetric (max |H - H^T| / max |H| = {asym:.2e}); GPTQ needs X^T X "
+                     "(positive semi-definite). Symmetrize it with (H + H.T) / 2 if this is round-off.")
+  if dmin < 0:
+    raise ValueError(f"{what}: hessian has a negative diagonal entry ({dmin:.3g}), so it is not positive "
+                     "semi-definite; GPTQ needs H = X^T X from the layer's inputs.")
