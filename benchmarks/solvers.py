@@ -13,7 +13,9 @@ damping 0.01. jquant is also timed with the reference's default asymmetric UINT4
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -79,10 +81,27 @@ def bench_qwix(k: int, reps: int):
   return first, steady, _rel_err(x, w, wq)
 
 
+def bench_torch_ref(k: int, reps: int):
+  """The PyTorch-CPU reference-style GPTQ (benchmarks/gptq_torch_ref.py) in the interop venv, as a subprocess."""
+  root = Path(__file__).resolve().parents[1]
+  py = root / ".venv-interop" / "bin" / "python"
+  if not py.exists():
+    print(f"no {py}: the PyTorch reference row is skipped")
+    return None
+  r = subprocess.run([str(py), str(root / "benchmarks" / "gptq_torch_ref.py"), str(k), "--reps", str(reps)],
+                     capture_output=True, text=True)
+  if r.returncode:
+    print(f"torch reference failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    return None
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--sizes", type=int, nargs="*", default=[1024, 4096])
   p.add_argument("--qwix-sizes", type=int, nargs="*", default=[1024], help="Qwix compiles slowly; 4096 is optional")
+  p.add_argument("--torch-sizes", type=int, nargs="*", default=[4096],
+                 help="sizes at which the PyTorch-CPU reference-style GPTQ (int4 sym g128) runs as the baseline")
   p.add_argument("--reps", type=int, default=2)
   args = p.parse_args()
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, "
@@ -113,6 +132,15 @@ def main():
       first, steady, err = bench_qwix(k, args.reps)
       rows.append(("qwix", "int4 sym", k, first, steady, err, float("nan")))
       print(rows[-1], flush=True)
+  for k in args.torch_sizes:
+    ref = bench_torch_ref(k, args.reps)
+    if ref is None:
+      continue
+    rows.append(("torch", "int4 sym", k, ref["first_s"], ref["steady_s"], float("nan"), float("nan")))
+    mine = [r for r in rows if r[0] == "jquant" and r[1] == "int4 sym" and r[2] == k]
+    if mine:
+      print(f"K=N={k}: jquant steady / PyTorch-CPU reference steady = {mine[0][4] / ref['steady_s']:.2f}x "
+            f"(target <= 0.25x); first call {mine[0][3]:.2f} s (target <= 2 s)", flush=True)
   print()
   print(f"| {'impl':6} | {'grid':10} | {'K=N':>5} | {'first call s':>12} | {'steady s':>8} | {'rel err':>8} | "
         f"{'RTN err':>8} |")
