@@ -50,11 +50,10 @@ from jquant.core.quantize import (check_float_array, compute_qparams, dequantize
                                   quantize_checked, quantize_with_params, scale_f32,
                                   unusable_scale_message)
 from jquant.core.spec import QuantSpec
-from jquant.solvers.hessian import check_hessian, rtn_fallback_reason
+from jquant.solvers.hessian import check_hessian, reverse_cholesky, rtn_fallback_reason
 from jquant.solvers.sharded import column_sharding, solve_by_columns
 
 _HI = lax.Precision.HIGHEST
-_RETRIES = 2   # more damping after a failed factorization, twice
 
 
 class GPTQInfo(NamedTuple):
@@ -89,38 +88,6 @@ def _group_size(spec: QuantSpec, k: int) -> int | None:
   raise ValueError(f"gptq: granularity {g} is not supported for a kernel w of shape (K, N); use "
                    "PerGroup(axis=0, size=G) (groups along the input features), PerChannel(axis=-1) (one scale per "
                    "output column) or PerTensor().")
-
-
-def _reverse_cholesky(h: jax.Array, damp: jax.Array):
-  """V upper-triangular with V V^T = H + damp * mean(diag H) I, retrying with more damping on failure.
-
-  V = U^-1 for the reference's U = chol(H^-1, upper) (U^T U = H^-1  <=>  V V^T = H), and V = J chol(J H J) J with J
-  the reversal, so one Cholesky replaces the reference's Cholesky + inverse + Cholesky.
-  """
-  k = h.shape[0]
-  eye = jnp.eye(k, dtype=jnp.float32)
-  mean_diag = jnp.mean(jnp.diagonal(h))
-
-  def attempt(d):
-    hd = h + eye * (d * mean_diag)
-    v = jnp.linalg.cholesky(hd[::-1, ::-1])[::-1, ::-1]
-    return v, jnp.all(jnp.isfinite(v)) & jnp.all(jnp.diagonal(v) > 0)
-
-  def cond(state):
-    tries, _, ok = state
-    return (~ok) & (tries <= _RETRIES)
-
-  def damp_at(tries):   # damp, then 10x / 100x of max(damp, 1e-3) (so that damp=0 can still be rescued)
-    base = jnp.where(tries == 0, damp, jnp.maximum(damp, 1e-3))
-    return base * jnp.float32(10.0) ** tries.astype(jnp.float32)
-
-  def body(state):
-    tries, _, _ = state
-    v, ok = attempt(damp_at(tries))
-    return tries + 1, v, ok
-
-  tries, v, ok = lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros_like(h), jnp.bool_(False)))
-  return v, damp_at(tries - 1), ok
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "block_size", "act_order", "static_groups"))
@@ -161,7 +128,7 @@ def gptq_solve(w, hessian, damp, *, spec: QuantSpec, block_size: int = 128, act_
     h = h[perm][:, perm]
   else:
     perm = idx
-  v, damp_used, ok = _reverse_cholesky(h, jnp.asarray(damp, jnp.float32))
+  v, damp_used, ok = reverse_cholesky(h, jnp.asarray(damp, jnp.float32))
 
   # Inverse-free form of the reference loop. With the error e_k = (w_k - q_k) / U_kk and U = V^-1, the reference's
   # updates give w0 = q + U^T e, i.e. e = V^T (w0 - q); hence the current weight of feature k is

@@ -6,7 +6,8 @@ the batch flattened to (tokens, K). The overall scale does not matter to GPTQ (i
 
 The state is a pytree, so ``hessian_update`` can run inside ``jax.jit`` / ``lax.scan``. Non-finite activations are
 recorded in the state (no host sync per batch) and reported by ``hessian_finalize``. `check_hessian` and
-`rtn_fallback_reason` are the host-side checks GPTQ runs on a finished Hessian.
+`rtn_fallback_reason` are the host-side checks GPTQ runs on a finished Hessian;
+`reverse_cholesky` is its damped factorization.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 from jquant.core.quantize import check_float_array
@@ -148,3 +150,38 @@ def check_hessian(hessian, k: int, what: str = "gptq") -> None:
   if dmin < 0:
     raise ValueError(f"{what}: hessian has a negative diagonal entry ({dmin:.3g}), so it is not positive "
                      "semi-definite; GPTQ needs H = X^T X from the layer's inputs.")
+
+
+_RETRIES = 2   # more damping after a failed factorization, twice
+
+
+def reverse_cholesky(h: jax.Array, damp: jax.Array):
+  """V upper-triangular with V V^T = H + damp * mean(diag H) I, retrying with more damping on failure.
+
+  V = U^-1 for the reference's U = chol(H^-1, upper) (U^T U = H^-1  <=>  V V^T = H), and V = J chol(J H J) J with J
+  the reversal, so one Cholesky replaces the reference's Cholesky + inverse + Cholesky.
+  """
+  k = h.shape[0]
+  eye = jnp.eye(k, dtype=jnp.float32)
+  mean_diag = jnp.mean(jnp.diagonal(h))
+
+  def attempt(d):
+    hd = h + eye * (d * mean_diag)
+    v = jnp.linalg.cholesky(hd[::-1, ::-1])[::-1, ::-1]
+    return v, jnp.all(jnp.isfinite(v)) & jnp.all(jnp.diagonal(v) > 0)
+
+  def cond(state):
+    tries, _, ok = state
+    return (~ok) & (tries <= _RETRIES)
+
+  def damp_at(tries):   # damp, then 10x / 100x of max(damp, 1e-3) (so that damp=0 can still be rescued)
+    base = jnp.where(tries == 0, damp, jnp.maximum(damp, 1e-3))
+    return base * jnp.float32(10.0) ** tries.astype(jnp.float32)
+
+  def body(state):
+    tries, _, _ = state
+    v, ok = attempt(damp_at(tries))
+    return tries + 1, v, ok
+
+  tries, v, ok = lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros_like(h), jnp.bool_(False)))
+  return v, damp_at(tries - 1), ok
