@@ -1,7 +1,9 @@
 """``python -m jquant demo [--model smollm2|minilm]``: the main job on a real model (what `make demo` runs).
 
 Loads the model, quantizes it with every method of ``CONFIGS`` (RTN, GPTQ, AWQ at w4 and w3, group 64 for SmolLM2 /
-128 for MiniLM; RTN w8, SmoothQuant W8A8, LLM.int8), quantizes the token embedding (SmolLM2: also the tied LM head)
+128 for MiniLM; RTN w8, SmoothQuant W8A8, LLM.int8; GPTQ on the importance-weighted imatrix grid, HQQ, and
+2-bit RTN / GPTQ / HQQ rows; AutoRound is left out: 200 sign-SGD steps per block take far longer than the demo on
+a CPU), quantizes the token embedding (SmolLM2: also the tied LM head)
 to int8 per row (``--embedding``), evaluates each (SmolLM2: Hamlet perplexity; MiniLM: embedding cosine to fp32)
 and prints a table: method, bits, embedding, bytes of weights stored and their ratio to bf16, quality, quantization
 time. One row repeats GPTQ w4 with a float embedding: the cost of quantizing the embedding. Writes ``table.md``,
@@ -65,6 +67,13 @@ CONFIGS: tuple[Config, ...] = (
     Config("RTN", "rtn", 3),
     Config("GPTQ (act-order, MSE grid)", "gptq", 3, act_order=True, grid="mse"),
     Config("AWQ", "awq", 3),
+    Config("GPTQ (act-order, imatrix grid)", "gptq", 4, act_order=True, grid="imatrix"),
+    Config("GPTQ (act-order, imatrix grid)", "gptq", 3, act_order=True, grid="imatrix"),
+    Config("HQQ", "hqq", 4),
+    Config("RTN", "rtn", 2),
+    Config("GPTQ (act-order, MSE grid)", "gptq", 2, act_order=True, grid="mse"),
+    Config("GPTQ (act-order, imatrix grid)", "gptq", 2, act_order=True, grid="imatrix"),
+    Config("HQQ", "hqq", 2),
 )
 DEMO_SAMPLES = {"smollm2": 16, "minilm": 128}   # calibration: half the reference data, for time
 
@@ -115,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
   model, params = common.load_model(name)
   bf16 = common.bf16_nbytes(params)
   batches = None
-  if any(c.method not in common.DATA_FREE for c in configs):
+  if any(c.method not in common.DATA_FREE or c.grid == "imatrix" for c in configs):
     batches = common.calibration_batches(name, model, num=args.calib_samples or DEMO_SAMPLES[name])
   common.log("evaluating the fp32 reference")
   ref_emb = None
@@ -130,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     common.log(f"[{n}/{len(configs)}, {time.perf_counter() - t_start:.0f} s so far] {c.label} "
                f"w{c.bits}{f' g{g}' if g else ''}: quantizing")
     t0 = time.perf_counter()
-    if c.method in common.DATA_FREE:   # no calibration: every block linear quantized directly
+    if c.method in common.DATA_FREE and c.grid != "imatrix":   # no calibration: linears quantized directly
       lin = common.quantize_data_free(model, params, method)
     else:
       lin, _ = ptq.quantize_model(model, params, batches, method, progress=True)

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "(mxfp8: E4M3 + E8M0 scales per 32; mxfp4: E2M1 + E8M0 per 32; nvfp4: E2M1 + E4M3 per 16 "
                            "and a per-tensor scale); rtn/gptq only")
   parser.add_argument("--grid", default="minmax", choices=common.GRIDS,
-                      help="4/3/2-bit group ranges: min/max (default) or an MSE search over shrink factors")
+                      help="4/3/2-bit group ranges: min/max (default), an MSE search over shrink factors, or that search "
+                           "weighted by the inputs' second moments (imatrix; rtn and gptq)")
   parser.add_argument("--embedding", default="int8", choices=common.EMBEDDINGS,
                       help="the token embedding (smollm2: also the tied LM head): int8 per row (default), int4 "
                            "groups of 64, or float")
@@ -87,14 +88,15 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
     from jquant.models.rotation import rotate as rotate_model  # pylint: disable=import-outside-toplevel
     model, params = rotate_model(model, params, seed=0)
   t0 = time.perf_counter()
-  if method_name in common.DATA_FREE:
+  data_free = method_name in common.DATA_FREE and grid != "imatrix"     # the imatrix search needs calibration
+  if data_free:
     qparams = common.quantize_data_free(model, params, method)
   else:
     batches = common.calibration_batches(family, model, calib_text=calib_text, num=calib_samples)
     qparams, ptq_report = ptq.quantize_model(model, params, batches, method, progress=progress)
   qparams = common.quantize_embedding(family, qparams, params, embedding)
   seconds = time.perf_counter() - t0
-  if method_name in common.DATA_FREE:
+  if data_free:
     text = _data_free_report(family, model, params, qparams, calib_text, report)
   else:
     text = str(ptq_report)

@@ -53,14 +53,15 @@ def check_finite(x: jax.Array, what: str = "x") -> None:
                    f"clean it with jnp.nan_to_num before quantizing.")
 
 
-def compute_qparams(x: jax.Array, spec: QuantSpec):
+def compute_qparams(x: jax.Array, spec: QuantSpec, weights=None):
   """The (scale, zero_point) that ``quantize(x, spec)`` uses; scale float32 (rounded through spec.scale_dtype),
   zero_point float32 holding integers (or None), both of shape ``spec.granularity.scale_shape``. Microscaling
-  qtypes: the float32 grid scales solvers quantize with (`jquant.core.mx.grid_scales`; NVFP4 with tensor scale 1)."""
-  return _qparams_and_flag(x, spec)[:2]
+  qtypes: the float32 grid scales solvers quantize with (`jquant.core.mx.grid_scales`; NVFP4 with tensor scale 1). ``weights``
+  (broadcastable to ``x``) weight the quantization error of an ``MSE`` calibration's range search (importance)."""
+  return _qparams_and_flag(x, spec, weights)[:2]
 
 
-def _qparams_and_flag(x: jax.Array, spec: QuantSpec):
+def _qparams_and_flag(x: jax.Array, spec: QuantSpec, weights=None):
   """(scale, zero_point, ok): ``ok`` is True iff every tile got a usable scale (finite input, a range float32 and
   ``spec.scale_dtype`` can hold). A tile without one gets a NaN scale, so under jit a NaN/inf input or an
   unrepresentable range shows up as NaN in `dequantize` instead of a finite wrong value. For max-based ranges
@@ -71,7 +72,7 @@ def _qparams_and_flag(x: jax.Array, spec: QuantSpec):
     return scale, None, jnp.all(jnp.isfinite(scale))
   block = spec.granularity.block_shape(x.shape)
   xf = x.astype(jnp.float32)
-  lo, hi = ranges.range_of(xf, block, qt, spec.symmetric, spec.calibration)
+  lo, hi = ranges.range_of(xf, block, qt, spec.symmetric, spec.calibration, weights)
   if isinstance(spec.calibration, (cm.AbsMax, cm.MinMax, cm.EMA)):
     tile_ok = jnp.isfinite(lo) & jnp.isfinite(hi)   # range_of maps NaN to +-inf: no extra pass
   else:   # search methods may drop NaN: one more reduction (they make many passes anyway)

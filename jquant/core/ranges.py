@@ -73,7 +73,11 @@ def _fake_quant_tiles(t, scale, zp, qtype: QType):
   return levels[code] * scale
 
 
-def _mse_search(t, qtype: QType, symmetric: bool, method: cm.MSE):
+def _mse_search(t, qtype: QType, symmetric: bool, method: cm.MSE, weights=None):
+  """The candidate range ``r * (min, max)`` (``r * absmax`` symmetric), r in ``linspace(1, min_ratio, grid)``, with
+  the least ``sum weights * (Q(t) - t)^2`` per tile (weights: tiles like ``t``, e.g. the per-input-channel
+  activation second moments of an importance-weighted "imatrix" search; None: plain MSE). The candidates run as a
+  vmap, in chunks that keep the candidate errors near 64 Mi floats."""
   lo0 = jnp.min(t, axis=-1)
   hi0 = jnp.max(t, axis=-1)
   amax0 = jnp.max(jnp.abs(t), axis=-1)
@@ -85,9 +89,11 @@ def _mse_search(t, qtype: QType, symmetric: bool, method: cm.MSE):
     else:
       s, z = scale_from_range(lo0 * r, hi0 * r, qtype, False)
     zz = None if z is None else z[..., None]
-    return jnp.sum(jnp.square(_fake_quant_tiles(t, s[..., None], zz, qtype) - t), axis=-1)
+    e = jnp.square(_fake_quant_tiles(t, s[..., None], zz, qtype) - t)
+    return jnp.sum(e if weights is None else e * weights, axis=-1)
 
-  errs = jax.lax.map(err_for, ratios)            # (grid, *scale_shape): one candidate at a time bounds memory
+  chunk = int(max(1, min(method.grid, (1 << 26) // max(int(np.prod(t.shape)), 1))))
+  errs = jax.lax.map(err_for, ratios, batch_size=chunk)   # (grid, *scale_shape)
   best = ratios[jnp.argmin(errs, axis=0)]        # first minimum -> prefers the widest range on ties
   return lo0 * best, hi0 * best, amax0 * best
 
@@ -143,10 +149,14 @@ def _kl_threshold(a: jax.Array, nq: int, bins: int) -> jax.Array:
   return jnp.where(amax > 0, (best.astype(jnp.float32)) * width, 0.0)
 
 
-def tile_range(t: jax.Array, qtype: QType, symmetric: bool, method) -> tuple[jax.Array, jax.Array]:
-  """(lo, hi) per tile for a calibration method; for symmetric specs lo = -hi and hi is the absmax."""
+def tile_range(t: jax.Array, qtype: QType, symmetric: bool, method, weights=None) -> tuple[jax.Array, jax.Array]:
+  """(lo, hi) per tile for a calibration method; for symmetric specs lo = -hi and hi is the absmax. ``weights``
+  (tiles like ``t``) weight the error of the MSE search (other methods take none)."""
+  if weights is not None and not isinstance(method, cm.MSE):
+    raise ValueError(f"importance weights need an MSE calibration (the weighted range search), got {method!r}; "
+                     "use spec.replace(calibration=jq.MSE(...)).")
   if isinstance(method, cm.MSE):
-    lo, hi, amax = _mse_search(t, qtype, symmetric, method)
+    lo, hi, amax = _mse_search(t, qtype, symmetric, method, weights)
     return (-amax, amax) if symmetric else (lo, hi)
   if isinstance(method, cm.Percentile):
     if symmetric:
@@ -177,13 +187,14 @@ def tile_all_finite(x: jax.Array, axes, keepdims: bool = False) -> jax.Array:
   return jnp.isfinite(jnp.sum(x * jnp.float32(2.0 ** -e), axis=axes, keepdims=keepdims))
 
 
-def range_of(x: jax.Array, block, qtype: QType, symmetric: bool, method) -> tuple[jax.Array, jax.Array]:
-  """(lo, hi) of shape ``x.shape // block`` for a calibration method.
+def range_of(x: jax.Array, block, qtype: QType, symmetric: bool, method, weights=None) -> tuple[jax.Array, jax.Array]:
+  """(lo, hi) of shape ``x.shape // block`` for a calibration method (``weights``: x-shaped error weights of the
+  MSE search, see `tile_range`).
 
   AbsMax/MinMax/EMA reduce the free interleaved view directly (no transpose: one pass over ``x``); the search
   methods (Percentile, MSE, KL) work on contiguous tiles.
   """
-  if isinstance(method, (cm.AbsMax, cm.MinMax, cm.EMA)):
+  if isinstance(method, (cm.AbsMax, cm.MinMax, cm.EMA)) and weights is None:
     if tiling.is_plain_broadcast(x.shape, block):
       xi, axes, kw = x, tuple(i for i, b in enumerate(block) if b > 1), dict(keepdims=True)
     else:
@@ -197,4 +208,5 @@ def range_of(x: jax.Array, block, qtype: QType, symmetric: bool, method) -> tupl
       return -hi, hi
     return (jnp.where(ok, jnp.min(xi, axis=axes, **kw), jnp.nan),
             jnp.where(ok, jnp.max(xi, axis=axes, **kw), jnp.nan))
-  return tile_range(tiling.to_tiles(x, block), qtype, symmetric, method)
+  wt = None if weights is None else tiling.to_tiles(jnp.broadcast_to(weights, x.shape).astype(jnp.float32), block)
+  return tile_range(tiling.to_tiles(x, block), qtype, symmetric, method, wt)

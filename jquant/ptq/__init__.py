@@ -10,10 +10,11 @@
 was done to every linear.
 """
 
-from jquant.ptq.methods import AWQ, ActQuant, GPTQ, RTN, LLMInt8, SmoothQuant
+from jquant.ptq.methods import AWQ, ActQuant, AutoRound, GPTQ, HQQ, RTN, LLMInt8, SmoothQuant
 from jquant.ptq.pipeline import quantize_model, runtime_model
 from jquant.ptq.protocol import BlockwiseModel
 from jquant.ptq.report import LayerReport, PTQReport
 
-__all__ = ["AWQ", "ActQuant", "BlockwiseModel", "GPTQ", "LLMInt8", "LayerReport", "PTQReport", "RTN", "SmoothQuant",
+__all__ = ["AWQ", "ActQuant", "AutoRound", "BlockwiseModel", "GPTQ", "HQQ", "LLMInt8", "LayerReport", "PTQReport",
+           "RTN", "SmoothQuant",
            "quantize_model", "runtime_model"]

@@ -41,6 +41,7 @@ from jquant.ptq.distributed import check_mesh, shard_batches, shard_params
 from jquant.ptq.methods import check_method
 from jquant.ptq.moe import check_moe_options, experts_sqnr, solve_experts
 from jquant.ptq.protocol import BlockwiseModel
+from jquant.ptq.block_solve import learned_block
 from jquant.ptq.report import LayerReport, PTQReport, output_sqnr_db, tree_nbytes
 from jquant.ptq.scaling import eff_gram, scale_plan
 
@@ -183,6 +184,8 @@ def _float_inputs_block(model, i, name, params, out, hs, ctxs, groups, keep, met
 
 def _run_block(model, i, name, params, work, out, hs, ctxs, groups, keep, method, entries):
   """One block (or the "rest" pass: linears outside blocks) with ``method``; returns the next block's inputs."""
+  if getattr(method, "solves_blocks", False) and i != "rest":    # AutoRound: every linear of the block at once
+    return learned_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries)
   if method.float_inputs:
     return _float_inputs_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entries)
   if not method.has_transform:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core.qarray import QArray
+from jquant.ops import qmatmul
 
 __all__ = ["LayerReport", "PTQReport", "output_sqnr_db", "tree_nbytes"]
 
@@ -123,3 +124,25 @@ def tree_nbytes(tree: Any) -> int:
     else:
       total += int(np.prod(np.shape(leaf))) * jnp.dtype(leaf.dtype).itemsize
   return int(total)
+
+
+def _layer_out(leaves: dict, kernel, x, matmul) -> jax.Array:
+  if "input_scale" in leaves:
+    x = x * leaves["input_scale"].astype(x.dtype)
+  y = matmul(x, kernel)
+  if "bias" in leaves:
+    y = y + leaves["bias"].astype(y.dtype)
+  return y
+
+
+def layer_sqnr(fp_leaves, q_leaves, x, in_div=None, out_div=None, matmul=None) -> float:
+  """Output SQNR of the quantized layer (inputs x / in_div, outputs * out_div) vs the float layer on x."""
+  x = jnp.asarray(x, jnp.float32)
+  if x.shape[0] == 0:
+    return float("nan")
+  ref = _layer_out(fp_leaves, fp_leaves["kernel"], x, qmatmul)
+  xq = x / in_div if in_div is not None else x
+  yq = _layer_out(q_leaves, q_leaves["kernel"], xq, matmul or qmatmul)
+  if out_div is not None:
+    yq = yq * out_div
+  return output_sqnr_db(ref, yq)

@@ -6,6 +6,7 @@ Kernels are Flax (K, N) = (in, out). See each module for the reference details i
 from jquant.solvers.awq import AWQClip, AWQScales, act_mean_abs, apply_clip, awq_clip, awq_scales, fake_quant
 from jquant.solvers.folding import fold_scales_into_norm, fold_scales_into_prev_linear, scale_weight_rows
 from jquant.solvers.gptq import GPTQInfo, gptq, gptq_solve
+from jquant.solvers.grid import grid_qparams, grid_quantize, grid_spec, importance_from_gram
 from jquant.solvers.hessian import HessianState, hessian_finalize, hessian_init, hessian_update
 from jquant.solvers.llm_int8 import llm_int8, llm_int8_matmul, llm_int8_prepare
 from jquant.solvers.rtn import rtn
@@ -15,8 +16,9 @@ from jquant.solvers.zeroquant import zeroquant_matmul, zeroquant_quantize_weight
 
 __all__ = [
     "AWQClip", "AWQScales", "GPTQInfo", "HessianState", "act_mean_abs", "apply_clip", "awq_clip", "awq_scales",
-    "fake_quant", "fold_scales_into_norm", "fold_scales_into_prev_linear", "gptq", "gptq_solve", "hessian_finalize",
-    "hessian_init", "hessian_update", "llm_int8", "llm_int8_matmul", "llm_int8_prepare", "rtn", "scale_weight_rows",
-    "smoothquant_scales", "w8a8_matmul", "w8a8_quantize_weight", "w8a8_weight_spec", "weight_absmax", "zeroquant_matmul",
+    "fake_quant", "fold_scales_into_norm", "fold_scales_into_prev_linear", "gptq", "gptq_solve", "grid_qparams",
+    "grid_quantize", "grid_spec", "hessian_finalize", "hessian_init", "hessian_update", "importance_from_gram",
+    "llm_int8", "llm_int8_matmul", "llm_int8_prepare", "rtn", "scale_weight_rows", "smoothquant_scales",
+    "w8a8_matmul", "w8a8_quantize_weight", "w8a8_weight_spec", "weight_absmax", "zeroquant_matmul",
     "zeroquant_quantize_weight", "zeroquant_spec",
 ]

@@ -44,12 +44,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jquant.core.calibration_methods import MSE
 from jquant.core.granularity import PerChannel, PerGroup, PerTensor
 from jquant.core.qarray import QArray
 from jquant.core.quantize import (check_float_array, compute_qparams, dequantize_values, quantize,
                                   quantize_checked, quantize_with_params, scale_f32,
                                   unusable_scale_message)
 from jquant.core.spec import QuantSpec
+from jquant.solvers.grid import check_importance
 from jquant.solvers.hessian import check_hessian, reverse_cholesky, rtn_fallback_reason
 from jquant.solvers.sharded import column_sharding, solve_by_columns
 
@@ -92,7 +94,7 @@ def _group_size(spec: QuantSpec, k: int) -> int | None:
 
 @functools.partial(jax.jit, static_argnames=("spec", "block_size", "act_order", "static_groups"))
 def gptq_solve(w, hessian, damp, *, spec: QuantSpec, block_size: int = 128, act_order: bool = False,
-               static_groups: bool = False):
+               static_groups: bool = False, importance=None):
   """The jittable GPTQ core (no host-side checks); see `gptq` for the arguments.
 
   Returns:
@@ -112,8 +114,9 @@ def gptq_solve(w, hessian, damp, *, spec: QuantSpec, block_size: int = 128, act_
   _, h_exp = jnp.frexp(jnp.max(jnp.diagonal(h)))
   h_exp = jnp.where(jnp.max(jnp.diagonal(h)) > 0, h_exp, 0)
 
+  imp = None if importance is None else importance.astype(jnp.float32)[:, None]     # (K, 1) error weights
   if g is None:                                   # per-row grid: found before dead inputs are zeroed
-    fixed_s, fixed_z = compute_qparams(w, spec)
+    fixed_s, fixed_z = compute_qparams(w, spec, imp)
   diag = jnp.diagonal(h)
   dead = diag == 0
   idx = jnp.arange(kdim)
@@ -121,7 +124,7 @@ def gptq_solve(w, hessian, damp, *, spec: QuantSpec, block_size: int = 128, act_
   h = jnp.ldexp(h, -h_exp)      # after the dead-input fix, so the whole H (its 1s included) scales exactly
   w = jnp.where(dead[:, None], 0.0, w)
   if g is not None and static_groups:
-    stat_s, stat_z = compute_qparams(w, spec)     # (K/g, N), natural order
+    stat_s, stat_z = compute_qparams(w, spec, imp)     # (K/g, N), natural order
   if act_order:
     perm = jnp.argsort(-jnp.diagonal(h), stable=True)
     w = w[perm]
@@ -149,6 +152,7 @@ def gptq_solve(w, hessian, damp, *, spec: QuantSpec, block_size: int = 128, act_
   else:
     m, win = 0, 0
   w0 = jnp.pad(w, ((0, pad + win), (0, 0)))
+  imp0 = None if imp is None else jnp.pad(imp[perm], ((0, pad + win), (0, 0)), constant_values=1.0)
   # Only V^T (lower-triangular) is sliced below: every product is then a plain row-major matmul (slicing a
   # transposed V made XLA keep a column-major copy of it and re-layout it once per block).
   vt = jnp.pad(v.T, ((0, pad + win), (0, pad + win)))
@@ -186,7 +190,8 @@ def gptq_solve(w, hessian, damp, *, spec: QuantSpec, block_size: int = 128, act_
       j0 = -(-i1 // g)
       gw = lax.dynamic_slice_in_dim(w0, i1, win, 0) + jnp.matmul(
           win_inv[b], lax.dynamic_slice_in_dim(r, i1, win, 0), precision=_HI)
-      s_new, z_new = compute_qparams(lax.dynamic_slice_in_dim(gw, j0 * g - i1, m * g, 0), spec)
+      s_new, z_new = compute_qparams(lax.dynamic_slice_in_dim(gw, j0 * g - i1, m * g, 0), spec,
+                                     None if imp0 is None else lax.dynamic_slice_in_dim(imp0, j0 * g, m * g, 0))
       store = (lax.dynamic_update_slice_in_dim(store[0], s_new, j0, 0),
                lax.dynamic_update_slice_in_dim(store[1], z_new if has_zp else jnp.zeros_like(s_new), j0, 0))
     w01 = lax.dynamic_slice_in_dim(w0, i1, bs, 0)
@@ -288,7 +293,7 @@ def _count_nonfinite(x):
 
 
 def gptq(w, hessian, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.01, act_order: bool = False,
-         static_groups: bool = False) -> tuple[QArray, jax.Array]:
+         static_groups: bool = False, importance=None) -> tuple[QArray, jax.Array]:
   """Quantizes a Flax kernel with GPTQ.
 
   Args:
@@ -302,6 +307,8 @@ def gptq(w, hessian, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.
       gets ``g_idx`` so that ``jq.dequantize(qa)`` is the quantized weight in the original order.
     static_groups: with groups, find every group's params up front on the (dead-zeroed) original ``w`` in natural
       order, so act-order needs no ``g_idx``.
+    importance: optional (K,) per-input-feature weights of each group's range search (the "imatrix" grid, see
+      `jquant.solvers.grid`); needs a spec with an ``MSE`` calibration.
 
   Returns:
     ``(qa, losses)``: the `QArray` of shape (K, N) and per-weight losses ``(w - q)^2 / d^2 / 2`` of shape (K, N)
@@ -343,6 +350,11 @@ def gptq(w, hessian, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.
     raise ValueError(f"gptq: damp must be a finite float >= 0 (fraction of mean(diag H), e.g. 0.01), got {damp!r}.")
   if static_groups and g is None:
     raise ValueError(f"gptq: static_groups=True needs a PerGroup spec, got {spec.granularity}.")
+  if importance is not None:
+    importance = check_importance(importance, w.shape[0], "gptq")
+    if not isinstance(spec.calibration, MSE):
+      raise ValueError(f"gptq: importance weights the MSE range search of each group; the spec's calibration is "
+                       f"{spec.calibration!r}. Use spec.replace(calibration=jq.MSE(...)) or grid_spec(spec, 'imatrix').")
   if not isinstance(w, jax.core.Tracer):
     n_bad = int(_count_nonfinite(w))                # on the device: no host copy of w
     if n_bad:
@@ -355,9 +367,10 @@ def gptq(w, hessian, spec: QuantSpec, *, block_size: int = 128, damp: float = 0.
                   RuntimeWarning, stacklevel=2)
     return quantize(w, spec), jnp.zeros(w.shape, jnp.float32)
   sharded = column_sharding(w, spec)
-  if sharded is None:
+  if sharded is None or importance is not None:    # (the imatrix search runs unsharded)
     qa, losses, info = gptq_solve(w, hessian, jnp.float32(damp), spec=spec, block_size=block_size,
-                                  act_order=bool(act_order), static_groups=bool(static_groups))
+                                  act_order=bool(act_order), static_groups=bool(static_groups),
+                                  importance=importance)
   else:                      # N-sharded kernel: each device solves its columns (see jquant.solvers.sharded)
     core = _parts_fn(spec, block_size, bool(act_order), bool(static_groups))
     qa, losses, info = _from_parts(*solve_by_columns(

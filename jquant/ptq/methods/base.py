@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from jquant.core.granularity import PerChannel, PerGroup, PerTensor
 from jquant.core.spec import QuantSpec
+from jquant.solvers.grid import importance_from_gram
 
 __all__ = ["PTQMethod", "Scaling", "check_method"]
 
@@ -79,6 +80,17 @@ def check_spec(spec: Any, what: str) -> None:
                      "(groups along the input features), PerChannel(axis=-1) or PerTensor().")
   if spec.stochastic_rounding:
     raise ValueError(f"{what}: stochastic_rounding is not supported for PTQ; use spec.replace(stochastic_rounding=False).")
+
+
+def grid_importance(grid: str, gram) -> tuple[str, Any, dict]:
+  """``(grid, importance, extra)`` for one solve: the "imatrix" grid's importance is ``diag(gram)`` normalised;
+  a layer whose second moments are unusable falls back to the unweighted "mse" search, said in ``extra``."""
+  if grid != "imatrix":
+    return grid, None, {}
+  imp, note = importance_from_gram(gram)
+  if imp is None:
+    return "mse", None, {"warnings": [note]}
+  return grid, imp, {}
 
 
 def pos_int(v: Any, name: str, what: str) -> None:

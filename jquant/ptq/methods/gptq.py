@@ -10,11 +10,13 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+from jquant.core.calibration_methods import MSE
 from jquant.core.granularity import PerGroup
 from jquant.core.mx import NVFP4Scale, nvfp4_tensor_scale
 from jquant.core.spec import QuantSpec
-from jquant.ptq.methods.base import NoTransform, check_spec, pos_int
+from jquant.ptq.methods.base import NoTransform, check_spec, grid_importance, pos_int
 from jquant.solvers.gptq import gptq, gptq_solve
+from jquant.solvers.grid import check_grid, grid_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +30,11 @@ class GPTQ(NoTransform):
     act_order: quantize input features in descending ``diag(H)`` order. On a kernel with several input axes
       (``DenseGeneral(axis=(-2, -1))``) a ``g_idx`` cannot index them, so such kernels use static groups.
     static_groups: group params from the un-updated weights (act-order without ``g_idx``).
+    grid: each group's range: "minmax" (the spec's own calibration), "mse" (searched for the least squared error of
+      the group, on the error-fed weights as the group starts) or "imatrix" (that error weighted per input feature
+      by ``diag(H)``, the inputs' second moments); see `jquant.solvers.grid`.
+    search: the candidate ranges of the searches (``jq.MSE``; default: the spec's own MSE calibration, else 40
+      shrink factors 1.0 .. 0.6).
   """
 
   spec: QuantSpec
@@ -35,9 +42,12 @@ class GPTQ(NoTransform):
   damp: float = 0.01
   act_order: bool = False
   static_groups: bool = False
+  grid: str = "minmax"
+  search: MSE | None = None
 
   def __post_init__(self):
     check_spec(self.spec, "GPTQ")
+    check_grid(self.grid, self.search, "GPTQ")
     pos_int(self.block_size, "block_size", "GPTQ")
     if not isinstance(self.damp, (int, float)) or isinstance(self.damp, bool) or not math.isfinite(self.damp) \
         or self.damp < 0:
@@ -48,16 +58,20 @@ class GPTQ(NoTransform):
       if not isinstance(getattr(self, f), bool):
         raise TypeError(f"GPTQ: {f} must be a bool, got {getattr(self, f)!r}.")
 
-  name = "gptq"
   float_inputs = False
   matmul = None
+
+  @property
+  def name(self) -> str:
+    return "gptq" if self.grid == "minmax" else f"gptq+{self.grid}"
 
   @property
   def bits(self) -> int:
     return int(self.spec.qtype.bits)
 
   def solve(self, w, gram, view=None):
-    static, extra = self.static_groups, {}
+    static = self.static_groups
+    grid, imp, extra = grid_importance(self.grid, gram)
     if self.act_order and not static and view is not None and len(view.in_axes) > 1 \
         and isinstance(self.spec.granularity, PerGroup):
       static = True
@@ -66,12 +80,13 @@ class GPTQ(NoTransform):
     t = nvfp4_tensor_scale(w, self.spec) if self.spec.qtype.scale_format == "float8_e4m3fn" else None
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
-      qa, losses = gptq(w if t is None else w / t, gram, self.spec, block_size=self.block_size, damp=self.damp,
-                        act_order=self.act_order, static_groups=static)
+      qa, losses = gptq(w if t is None else w / t, gram, grid_spec(self.spec, grid, self.search),
+                        block_size=self.block_size, damp=self.damp, act_order=self.act_order, static_groups=static,
+                        importance=imp)
     if t is not None:
       qa, losses = dataclasses.replace(qa, scale=NVFP4Scale(block=qa.scale, tensor=t)), losses * (t * t)
     if caught:             # damping retries, RTN fallbacks: listed in the report's layer entry
-      extra["warnings"] = [str(c.message) for c in caught]
+      extra["warnings"] = extra.get("warnings", []) + [str(c.message) for c in caught]
     return qa, float(jnp.sum(losses)), extra
 
   def solve_stacked(self, w, grams):
