@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jquant.core import packing
+from tests.conftest import fuzz_examples
 
 
 def test_nibble_order_is_low_then_high():
@@ -15,7 +16,7 @@ def test_nibble_order_is_low_then_high():
   assert p.tolist() == [[(1 & 15) | ((-2 & 15) << 4), (7 & 15) | ((-8 & 15) << 4)]]
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=fuzz_examples(30), deadline=None)
 @given(rows=st.integers(1, 7), cols=st.integers(1, 9), bits=st.sampled_from([2, 4]), signed=st.booleans(),
        axis=st.sampled_from([0, 1, -1]), seed=st.integers(0, 2**31 - 1))
 def test_round_trip_odd_shapes(rows, cols, bits, signed, axis, seed):

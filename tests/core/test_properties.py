@@ -8,12 +8,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import jquant as jq
+from tests.conftest import fuzz_examples
 from tests.core import reference as ref
 
 INT_QTYPES = [jq.INT8, jq.INT4, jq.UINT4, jq.INT3, jq.INT2]
 finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
 matrices = hnp.arrays(np.float32, st.tuples(st.sampled_from([8, 16, 32]), st.sampled_from([4, 8, 12])), elements=finite)
-SETTINGS = settings(max_examples=40, deadline=None)
+SETTINGS = settings(max_examples=fuzz_examples(40), deadline=None)
 
 
 def _spec(qt, sym, gran=None):

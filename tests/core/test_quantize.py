@@ -90,9 +90,17 @@ def test_nf4_double_quant(rng):
   spec = jq.QuantSpec(qtype=jq.NF4, granularity=jq.PerGroup(axis=0, size=64), double_quant=True)
   spec1 = spec.replace(double_quant=False)
   qa2, qa1 = jq.quantize(jnp.asarray(w), spec), jq.quantize(jnp.asarray(w), spec1)
-  s1 = np.asarray(qa1.scale)
-  s2 = np.asarray(qa2.scale.dequantize())
-  assert np.abs(s2 - s1).max() <= (np.abs(s1 - s1.mean()).max() / 127) * 0.51 + 1e-7
+  s1 = np.asarray(qa1.scale, np.float64)
+  s2 = np.asarray(qa2.scale.dequantize(), np.float64)
+  # log2 double quantization (core/double_quant.py): per block of 256 flattened scales, log2 codes with step
+  # (max - min) / 254, so each scale's relative error is at most 2**(step / 2) - 1, plus float32 rounding of the
+  # log2 / exp2 round trip (a few eps32). (The old bound, linear in max|s - mean| / 127, held for the linear format
+  # only: it failed on 77 of 300 seeds for log2 codes.)
+  lg = np.log2(s1.reshape(-1, spec.double_quant_block))
+  step = (lg.max(axis=1) - lg.min(axis=1)) / 254
+  bound = 2 ** (step / 2) - 1 + 8 * np.finfo(np.float32).eps
+  rel = np.abs(s2 - s1).reshape(lg.shape) / s1.reshape(lg.shape)
+  assert (rel <= bound[:, None]).all(), (rel.max(axis=1), bound)
   bits_per_param = qa2.nbytes * 8 / w.size
   assert bits_per_param < 4.2 < qa1.nbytes * 8 / w.size
   assert float(jq.sqnr(w, jq.dequantize(qa2))) > float(jq.sqnr(w, jq.dequantize(qa1))) - 0.2
