@@ -1,9 +1,9 @@
 """``python -m jquant demo [--model smollm2|minilm]``: the main job on a real model (what `make demo` runs).
 
 Loads the model, quantizes it with every method of ``CONFIGS`` (RTN, GPTQ, AWQ at w4 and w3, group 64 for SmolLM2 /
-128 for MiniLM; RTN w8, SmoothQuant W8A8, LLM.int8; GPTQ on the importance-weighted imatrix grid, HQQ, and
-2-bit RTN / GPTQ / HQQ rows; AutoRound is left out: 200 sign-SGD steps per block take far longer than the demo on
-a CPU), quantizes the token embedding (SmolLM2: also the tied LM head)
+128 for MiniLM; RTN w8, SmoothQuant W8A8, LLM.int8; GPTQ w4 on the importance-weighted imatrix grid; with
+``--extended`` also imatrix w3, HQQ and 2-bit RTN / GPTQ / HQQ rows; AutoRound is left out: 200 sign-SGD steps per
+block take far longer than the demo on a CPU), quantizes the token embedding (SmolLM2: also the tied LM head)
 to int8 per row (``--embedding``), evaluates each (SmolLM2: Hamlet perplexity; MiniLM: embedding cosine to fp32)
 and prints a table: method, bits, embedding, bytes of weights stored and their ratio to bf16, quality, quantization
 time. One row repeats GPTQ w4 with a float embedding: the cost of quantizing the embedding. Writes ``table.md``,
@@ -44,6 +44,8 @@ class Config:
     float_embedding_row: also evaluate the same quantized linears with the float embedding (its own table row:
       what quantizing the embedding costs).
     options: extra ``(name, value)`` keyword arguments for `common.build_method`.
+    extended: only with ``--extended`` (the imatrix, HQQ and 2-bit rows: each GPTQ row costs minutes on a CPU, and
+      the default demo keeps to its time budget).
   """
 
   label: str
@@ -53,6 +55,7 @@ class Config:
   grid: str = "minmax"
   float_embedding_row: bool = False
   options: tuple = ()
+  extended: bool = False
 
 
 # RTN on the plain min/max grid (the EVAL.md baselines); GPTQ with act-order and the MSE-searched group ranges; AWQ
@@ -68,12 +71,12 @@ CONFIGS: tuple[Config, ...] = (
     Config("GPTQ (act-order, MSE grid)", "gptq", 3, act_order=True, grid="mse"),
     Config("AWQ", "awq", 3),
     Config("GPTQ (act-order, imatrix grid)", "gptq", 4, act_order=True, grid="imatrix"),
-    Config("GPTQ (act-order, imatrix grid)", "gptq", 3, act_order=True, grid="imatrix"),
-    Config("HQQ", "hqq", 4),
-    Config("RTN", "rtn", 2),
-    Config("GPTQ (act-order, MSE grid)", "gptq", 2, act_order=True, grid="mse"),
-    Config("GPTQ (act-order, imatrix grid)", "gptq", 2, act_order=True, grid="imatrix"),
-    Config("HQQ", "hqq", 2),
+    Config("GPTQ (act-order, imatrix grid)", "gptq", 3, act_order=True, grid="imatrix", extended=True),
+    Config("HQQ", "hqq", 4, extended=True),
+    Config("RTN", "rtn", 2, extended=True),
+    Config("GPTQ (act-order, MSE grid)", "gptq", 2, act_order=True, grid="mse", extended=True),
+    Config("GPTQ (act-order, imatrix grid)", "gptq", 2, act_order=True, grid="imatrix", extended=True),
+    Config("HQQ", "hqq", 2, extended=True),
 )
 DEMO_SAMPLES = {"smollm2": 16, "minilm": 128}   # calibration: half the reference data, for time
 
@@ -83,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", default="demo_out", metavar="DIR")
   parser.add_argument("--methods", default=None,
                       help=f"comma-separated subset of methods to run ({','.join(common.METHODS)})")
+  parser.add_argument("--extended", action="store_true",
+                      help="also run the extended rows (GPTQ imatrix w3, HQQ, and every 2-bit row): several more "
+                           "minutes per row on a CPU")
   parser.add_argument("--embedding", default="int8", choices=common.EMBEDDINGS,
                       help="the token embedding (smollm2: also the tied LM head) of every quantized row: int8 per row "
                            "(default), int4 groups of 64, or float")
@@ -116,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
   wanted = _check(args)
   name = args.model
   group = common.DEFAULT_GROUP[name]
-  configs = [c for c in CONFIGS if wanted is None or c.method in wanted]
+  configs = [c for c in CONFIGS if (wanted is None or c.method in wanted) and (args.extended or not c.extended)]
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
