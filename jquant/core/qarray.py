@@ -59,7 +59,8 @@ class QArray:
   def nbytes(self) -> int:
     """Storage bytes with sub-byte values counted packed: qvalue + scale + zero_point + g_idx."""
     n = math.ceil(self.size * self.qtype.bits / 8)
-    n += self.scale.nbytes   # a jax array, a DoubleQuantScale or an NVFP4Scale
+    s = self.scale           # a jax array, a DoubleQuantScale or an NVFP4Scale (abstract ones too: eval_shape)
+    n += s.nbytes if hasattr(s, "nbytes") else math.prod(s.shape) * jnp.dtype(s.dtype).itemsize
     if self.zero_point is not None:
       n += math.ceil(self.zero_point.size * self.qtype.bits / 8)
     if self.g_idx is not None:
