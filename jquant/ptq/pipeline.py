@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core.quantize import dequantize
-from jquant.ops import qmatmul
 from jquant.ptq.access import (copy_dicts, get_block, get_in, kernel_view, linear_leaves, put_block, set_in,
                                set_kernel)
 from jquant.ptq.capture import capture_block, forward_block
@@ -42,7 +41,7 @@ from jquant.ptq.methods import check_method
 from jquant.ptq.moe import check_moe_options, experts_sqnr, solve_experts
 from jquant.ptq.protocol import BlockwiseModel
 from jquant.ptq.block_solve import learned_block
-from jquant.ptq.report import LayerReport, PTQReport, output_sqnr_db, tree_nbytes
+from jquant.ptq.report import LayerReport, PTQReport, layer_sqnr, tree_nbytes
 from jquant.ptq.scaling import eff_gram, scale_plan
 
 __all__ = ["quantize_model", "runtime_model"]
@@ -93,26 +92,7 @@ def _is_nnx_module(model) -> bool:
   return isinstance(model, nnx.Module) and not isinstance(model, BlockwiseModel)
 
 
-def _layer_out(leaves: dict, kernel, x, matmul) -> jax.Array:
-  if "input_scale" in leaves:
-    x = x * leaves["input_scale"].astype(x.dtype)
-  y = matmul(x, kernel)
-  if "bias" in leaves:
-    y = y + leaves["bias"].astype(y.dtype)
-  return y
-
-
-def _sqnr(fp_leaves, q_leaves, x, in_div=None, out_div=None, matmul=None) -> float:
-  """Output SQNR of the quantized layer (inputs x / in_div, outputs * out_div) vs the float layer on x."""
-  x = jnp.asarray(x, jnp.float32)
-  if x.shape[0] == 0:
-    return float("nan")
-  ref = _layer_out(fp_leaves, fp_leaves["kernel"], x, qmatmul)
-  xq = x / in_div if in_div is not None else x
-  yq = _layer_out(q_leaves, q_leaves["kernel"], xq, matmul or qmatmul)
-  if out_div is not None:
-    yq = yq * out_div
-  return output_sqnr_db(ref, yq)
+_sqnr = layer_sqnr   # one definition, in ptq/report.py
 
 
 def _full(name: str, p: str) -> str:
