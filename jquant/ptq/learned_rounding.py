@@ -28,7 +28,7 @@ from jquant.core.qarray import QArray
 from jquant.core.quantize import quantize
 from jquant.core.ranges import scale_from_range
 from jquant.core.spec import QuantSpec
-from jquant.core.tiling import to_tiles
+from jquant.core.tiling import broadcast_apply, to_tiles
 from jquant.qat.lsq import lsq_fake_quant
 
 __all__ = ["autoround_init", "autoround_learn", "autoround_qparams", "autoround_quantize", "autoround_weight"]
@@ -58,25 +58,23 @@ def autoround_qparams(w, p: dict, spec: QuantSpec):
   return s, jnp.clip(qt.qmin - jnp.minimum(lo, 0.0) / s, qt.qmin, qt.qmax)
 
 
-def _expand(s, w, spec):
+def _offset_input(w, p: dict, s, spec: QuantSpec):
+  """``w + v s`` with each group's step ``s`` broadcast over its tile."""
   block = spec.granularity.block_shape(w.shape)
-  for ax, b in enumerate(block):
-    if b > 1:
-      s = jnp.repeat(s, b, axis=ax)
-  return s
+  return w.astype(jnp.float32) + broadcast_apply(lambda vi, si: vi * si, p["v"], block, s)
 
 
 def autoround_weight(w, p: dict, spec: QuantSpec):
   """The fake-quantized kernel ``Q(w + v s)`` (differentiable in v, alpha, beta through the LSQ vjp)."""
   s, z = autoround_qparams(w, p, spec)
-  x = w.astype(jnp.float32) + p["v"] * _expand(s, w, spec)
+  x = _offset_input(w, p, s, spec)
   return lsq_fake_quant(x, s, z, spec)
 
 
 def autoround_quantize(w, p: dict, spec: QuantSpec) -> QArray:
   """The learned kernel as a plain QArray of ``spec`` (same codes as `autoround_weight`'s forward)."""
   s, z = autoround_qparams(w, p, spec)
-  x = w.astype(jnp.float32) + p["v"] * _expand(s, w, spec)
+  x = _offset_input(w, p, s, spec)
   if z is not None:
     z = jnp.clip(jnp.round(z), spec.qtype.qmin, spec.qtype.qmax)
   return quantize(x, spec, scale=s, zero_point=z)
