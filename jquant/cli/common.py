@@ -258,6 +258,12 @@ def read_meta(path: Path) -> dict[str, Any]:
   return meta
 
 
+def method_from_meta(meta: dict):
+  """The method a checkpoint was quantized with, from its ``meta.json`` (every setting `quantize` records)."""
+  return with_act_bits(build_method(meta["method"], meta["bits"], meta.get("group_size"), meta.get("act_order", False),
+                                    meta.get("grid", "minmax"), meta.get("format", "int")), meta.get("act_bits"))
+
+
 def load_checkpoint(path: str | Path):
   """(model family, model built with the method's runtime matmul, params, meta); a Hugging Face folder (config.json,
   no meta.json) loads through `jquant.models.from_pretrained` (meta ``{"model": path, "format": "hf"}``)."""
@@ -270,8 +276,7 @@ def load_checkpoint(path: str | Path):
     raise ValueError(f"{path} is not a jquant checkpoint folder (needs meta.json and params.safetensors, as "
                      "written by `python -m jquant quantize ... --out DIR`).")
   meta = read_meta(path)
-  method = with_act_bits(build_method(meta["method"], meta["bits"], meta.get("group_size"),
-                                      meta.get("act_order", False)), meta.get("act_bits"))
+  method = method_from_meta(meta)
   model, _ = load_model(meta["model"], matmul=getattr(method, "matmul", None))
   if meta.get("rotate"):       # params are rotated: untied head, online Hadamard before down_proj
     from jquant.models.rotation import rotated_model  # pylint: disable=import-outside-toplevel

@@ -83,6 +83,16 @@ def test_format_flag_builds_the_microscaling_grids():
     common.build_method("rtn", 4, 64, fmt="fp6")
 
 
+def test_checkpoint_meta_rebuilds_its_method():
+  """load_checkpoint's method comes from every setting quantize records (format, grid, act bits), not a subset."""
+  base = {"method": "gptq", "bits": 4, "group_size": 64, "act_order": True}
+  m = common.method_from_meta({**base, "format": "nvfp4"})
+  assert m.spec.qtype is jq.NVFP4 and m.act_order
+  m = common.method_from_meta({**base, "grid": "imatrix", "act_bits": 8})
+  assert m.name == "gptq+imatrix+a8" and m.method.grid == "imatrix"
+  assert common.method_from_meta(base).spec.qtype is jq.UINT4
+
+
 def test_rotate_and_act_bits_flags(tmp_path, capsys):
   """--act-bits wraps weight-only methods only; --rotate is for Llama models; both fail before any loading."""
   m = common.with_act_bits(common.build_method("gptq", 4, 64), 8)
