@@ -153,6 +153,39 @@ def autotune(
   return best
 
 
+def dispatch(
+    name: str,
+    run: Callable[..., jax.Array],
+    args: Sequence[Any],
+    *,
+    n: int,
+    out_dtype: Any,
+    config: Any,
+    default: Any,
+    tune: bool,
+    interpret: bool,
+    candidates: Sequence[Any],
+    key: Any,
+    supports: Callable[[Any], str | None],
+) -> jax.Array:
+  """The ops-level path every kernel entry point shares, after its own input checks.
+
+  Picks the config (``config``, else ``default``, or with ``tune`` on a GPU the fastest of ``candidates``), raises
+  NotImplementedError carrying ``supports(config)``'s reason, returns an empty (0, n) ``out_dtype`` array for M = 0,
+  and otherwise calls ``run(*args, config=config, interpret=interpret)`` (``args[0]`` is x, (M, K)).
+  """
+  if config is None:
+    config = default
+    if tune and not interpret:
+      config = autotune(key, lambda c: functools.partial(run, config=c, interpret=False), candidates, args,
+                        supports=supports, default=default)
+  if reason := supports(config):
+    raise NotImplementedError(f"{name}: {reason}")
+  if args[0].shape[0] == 0:
+    return jnp.zeros((0, n), out_dtype)
+  return run(*args, config=config, interpret=interpret)
+
+
 @functools.cache
 def triton_compiler_params(num_warps: int, num_stages: int):
   """``pltriton.CompilerParams`` for the Triton lowering (imported lazily: the module warns on import)."""

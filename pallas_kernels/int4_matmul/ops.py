@@ -217,17 +217,9 @@ def int4_matmul(
   _check_inputs(x, w_packed, scales, zeros, g_idx, group_size)
   m, k = x.shape
   n = w_packed.shape[0]
-  if config is None:
-    config = default_config(m, n, k, group_size=group_size, has_g_idx=g_idx is not None)
-    if autotune and not interpret:
-      config = _common.autotune(
-          ("int4", x.shape, str(x.dtype), n, group_size, zeros is not None, g_idx is not None, signed),
-          lambda c: functools.partial(_run, group_size=group_size, signed=signed, config=c, interpret=False),
-          autotune_configs(), (x, w_packed, scales, zeros, g_idx),
-          supports=lambda c: supports(x, w_packed, scales, group_size=group_size, config=c), default=config)
-  if reason := supports(x, w_packed, scales, zeros, g_idx, group_size=group_size, signed=signed, config=config):
-    raise NotImplementedError(f"int4_matmul: {reason}")
-  if m == 0:
-    return jnp.zeros((0, n), x.dtype)
-  return _run(x, w_packed, scales, zeros, g_idx, group_size=group_size, signed=signed, config=config,
-              interpret=interpret)
+  return _common.dispatch(
+      "int4_matmul", functools.partial(_run, group_size=group_size, signed=signed), (x, w_packed, scales, zeros, g_idx),
+      n=n, out_dtype=x.dtype, config=config, tune=autotune, interpret=interpret, candidates=autotune_configs(),
+      default=default_config(m, n, k, group_size=group_size, has_g_idx=g_idx is not None),
+      key=("int4", x.shape, str(x.dtype), n, group_size, zeros is not None, g_idx is not None, signed),
+      supports=lambda c: supports(x, w_packed, scales, zeros, g_idx, group_size=group_size, signed=signed, config=c))

@@ -2,7 +2,7 @@
 
 Layout: x int8 (M, K); w int8 (N, K), K-contiguous (the layout cuBLASLt and the kernel want); x_scale float32
 (M, 1) per token (or (1, 1) per tensor); w_scale float32 (1, N) per output channel (or (1, 1)).
-``out = (x @ w.T) * x_scale * w_scale`` with exact int32 accumulation.
+``out = (x @ w.T) * x_scale * w_scale`` with exact int32 accumulation (``reference``, shared with fp8).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-INT8_QMAX = 127.0
-INT8_QMIN = -128.0
+from pallas_kernels._scaled_matmul import INT8_QMAX, INT8_QMIN
+from pallas_kernels._scaled_matmul import reference as reference
 
 
 def quantize_per_token(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -29,20 +29,6 @@ def quantize_per_token(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   scale = jnp.where(amax > 0, amax / INT8_QMAX, 1.0)
   q = jnp.clip(jnp.round(xf / scale), INT8_QMIN, INT8_QMAX).astype(jnp.int8)
   return q, scale
-
-
-def reference(
-    x: jax.Array,
-    w: jax.Array,
-    x_scale: jax.Array,
-    w_scale: jax.Array,
-    *,
-    out_dtype: jnp.dtype = jnp.bfloat16,
-) -> jax.Array:
-  """``(x @ w.T) * x_scale * w_scale``: int8 x (M, K), int8 w (N, K) -> (M, N) ``out_dtype``."""
-  acc = jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
-  out = acc.astype(jnp.float32) * x_scale.astype(jnp.float32) * w_scale.astype(jnp.float32)
-  return out.astype(out_dtype)
 
 
 def reference_dynamic(
