@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jquant.core import ranges, tiling
 from jquant.core.granularity import PerToken, scale_shape
@@ -149,6 +150,9 @@ def make_observer(spec: QuantSpec, what: str, state_type: type, init_state, step
         raise ValueError(f"{what}.finalize: {int(state.nonfinite)} NaN/inf values were seen during calibration "
                          "(they were left out of the statistics); fix the inputs or clean them with "
                          "jnp.nan_to_num.")
+      scale, zp = _finalize(state)
+      _raise_if_unusable(scale, final_range(state), spec, what)
+      return scale, zp
     return _finalize(state)
 
   return Observer(init, update, finalize)
@@ -160,14 +164,35 @@ def _check_state(state, state_type: type, what: str, where: str) -> None:
                     f"returned by this observer's init().")
 
 
+def _raise_if_unusable(scale, lo_hi, spec: QuantSpec, what: str) -> None:
+  """Eager finalize: a NaN scale of a clean state means the range has no scale ``scale_dtype`` can store."""
+  scale = np.asarray(scale)
+  if not np.isnan(scale).any():
+    return
+  lo, hi = (np.asarray(a, np.float64) for a in lo_hi)
+  idx = tuple(int(i) for i in np.argwhere(np.isnan(scale))[0])
+  raise ValueError(
+      f"{what}.finalize: tile {idx} (of scale shape {scale.shape}) has the range [{lo[idx]:.4g}, {hi[idx]:.4g}], "
+      f"whose {spec.qtype.name} scale does not fit scale_dtype={spec.scale_dtype!r} (it would overflow to inf or "
+      f"underflow to 0; {int(np.isnan(scale).sum())} of {scale.size} scales are affected). Fix: store scales as "
+      "float32 (scale_dtype='float32'), or rescale the values (divide by a power of two and fold it into the next "
+      "op).")
+
+
 def params_from_range(state, lo, hi, spec: QuantSpec):
-  """(scale, zero_point) from a finalized range; NaN where the state is empty or saw non-finite values."""
+  """(scale, zero_point) from a finalized range.
+
+  NaN where the state is empty or saw non-finite values, and where the scale is not usable once stored as
+  ``spec.scale_dtype`` (a float16 scale of a 1e7 range overflows to inf, one of a 1e-9 range flushes to 0): the
+  eager ``finalize`` turns those into a ValueError; under jit the NaN reaches every value quantized with it.
+  """
   qt = spec.qtype
   scale, zp = ranges.scale_from_range(lo, hi, qt, spec.symmetric)
   if spec.scale_dtype != "float32":
     scale = scale.astype(spec.scale_jnp_dtype).astype(jnp.float32)
     if zp is not None:
       zp = jnp.clip(jnp.round(qt.qmin - jnp.minimum(lo, 0.0) / scale), qt.qmin, qt.qmax)
+  scale = jnp.where(ranges.usable_scale(scale), scale, jnp.nan)
   ok = (state.count > 0) & (state.nonfinite == 0)
   scale = jnp.where(ok, scale, jnp.nan)
   if zp is not None:

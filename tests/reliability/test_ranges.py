@@ -85,3 +85,32 @@ def test_tiny_nonzero_range_quantizes_instead_of_flushing():
   tiny = float(np.finfo(np.float32).tiny)
   np.testing.assert_allclose(y, np.round(x.astype(np.float64) / tiny) * tiny, rtol=1e-6)
   assert np.array_equal(np.sign(y), np.sign(x))
+
+
+@pytest.mark.parametrize("name", ["fp16-scale-overflow", "fp16-scale-underflow"])
+def test_observer_scale_that_scale_dtype_cannot_store_is_an_error(rng, name):
+  """A static observer whose range has no float16 scale refuses at finalize (eager) and returns NaN under jit;
+  before, it returned inf or 0 scales and the error only came later, from quantize, without the cause."""
+  from jquant.calibration.factory import observer
+  spec = CASES[name][1]
+  x = _x(rng, name)
+  obs = observer(spec)
+  state = obs.update(obs.init(x), x)
+  with pytest.raises(ValueError, match=r"finalize: tile \(0, \d\).*does not fit scale_dtype='float16'"):
+    obs.finalize(state)
+  scale, _ = jax.jit(obs.finalize)(state)
+  assert np.isnan(np.asarray(scale)).all()
+
+
+def test_observer_bfloat16_scales_of_wide_ranges_are_stored(rng):
+  """bfloat16 holds float32's exponent range: the same 1e7 / 1e-9 ranges calibrate and quantize correctly."""
+  from jquant.calibration.factory import observer
+  for mag in (1e7, 1e-9):
+    x = np.asarray(rng.normal(size=(64, 8)) * mag, np.float32)
+    spec = jq.QuantSpec(qtype=jq.INT8, granularity=jq.PerChannel(axis=-1), scale_dtype="bfloat16")
+    obs = observer(spec)
+    scale, _ = obs.finalize(obs.update(obs.init(x), x))
+    ref = np.abs(x.astype(np.float64)).max(axis=0, keepdims=True) / 127
+    np.testing.assert_allclose(np.asarray(scale, np.float64), ref, rtol=2 ** -8)   # one bfloat16 rounding
+    err = np.abs(np.asarray(jq.dequantize(jq.quantize(x, spec, scale=scale))) - x)
+    assert (err <= np.asarray(scale) * 0.5 * (1 + 1e-6)).all()
