@@ -40,7 +40,17 @@ def _as_float_dtype(value: Any, field: str) -> jnp.dtype:
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"Policy.{field} must be a floating dtype, got {dtype}; "
                      "mixed precision only changes float leaves (use jnp.float32, jnp.bfloat16 or jnp.float16).")
+  _check_x64(dtype, f"Policy.{field}")
   return dtype
+
+
+def _check_x64(dtype: jnp.dtype, what: str) -> None:
+  # Without 64-bit mode jax turns a float64 cast into float32 (a warning at most): the policy would not be the
+  # one asked for, so say so up front.
+  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+    raise ValueError(f"{what}=float64 needs 64-bit jax, which is off: casts to float64 would silently give "
+                     "float32. Enable it first (jax.config.update('jax_enable_x64', True), or JAX_ENABLE_X64=1), or "
+                     "use jnp.float32.")
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:
@@ -66,6 +76,7 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"cast_floating: dtype={dtype} is not floating; mixed precision casts float leaves to another "
                     "float dtype (jnp.float32, jnp.bfloat16, jnp.float16).")
+  _check_x64(dtype, "cast_floating: dtype")
 
   def cast(x):
     if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating):

@@ -80,6 +80,11 @@ GRANULARITY_ERRORS = [
     (lambda: jq.QuantRule(r".*", None, batch_axes=0), TypeError, r"batch_axes must be a tuple of int axes"),
     (lambda: jq.QuantConfig(rules=[jq.QuantRule(".*", None)], skip=".*norm.*"), TypeError, r"Write skip=\['\.\*norm\.\*'\]"),
     (lambda: jq.QuantConfig(rules=jq.QuantRule(".*", None)), TypeError, r"write rules=\[rule\]"),
+    # without 64-bit jax a float64 policy would silently compute in float32
+    (lambda: jq.mixed_precision.Policy(param_dtype=jnp.float64), ValueError, r"param_dtype=float64 needs 64-bit jax"),
+    (lambda: jq.mixed_precision.Policy.from_string("params=float32,compute=float64"), ValueError,
+     r"compute_dtype=float64 needs 64-bit jax"),
+    (lambda: jq.mixed_precision.cast_floating({"w": jnp.ones(2)}, "float64"), ValueError, r"needs 64-bit jax"),
 ]
 
 
@@ -123,3 +128,11 @@ def test_empty_leaf_in_quantize_params_names_the_leaf():
     jq.quantize_params({"a": {"kernel": jnp.ones((0, 8))}}, cfg)
   q, rep = jq.quantize_params({"a": {"kernel": jnp.ones((0, 8))}}, cfg, skip_unsupported=True, return_report=True)
   assert [e.status for e in rep.entries] == ["unsupported"]
+
+
+def test_float64_policy_works_where_64_bit_jax_is_on():
+  with jax.enable_x64(True):
+    policy = jq.mixed_precision.Policy(param_dtype=jnp.float64)
+    out = policy.cast_to_param({"w": jnp.full((3,), 1 / 3, jnp.float32), "n": jnp.arange(3)})
+    assert out["w"].dtype == jnp.float64 and out["n"].dtype == jnp.arange(3).dtype
+    np.testing.assert_array_equal(np.asarray(out["w"]), np.float32(1 / 3).astype(np.float64))
