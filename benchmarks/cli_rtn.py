@@ -28,17 +28,18 @@ def main() -> None:
   args = ap.parse_args()
   print(f"load average {os.getloadavg()}")
   for name in args.models.split(","):
+    kind = common.model_kind(name)
     model, params = common.load_model(name)
-    method = common.build_method("rtn", 4, common.DEFAULT_GROUP[name])
+    method = common.build_method("rtn", 4, kind.default_group)
     for rep in range(2):           # the first run includes compiles; both are printed
       t0 = time.perf_counter()
-      q = common.quantize_embedding(name, common.quantize_data_free(model, params, method), params, "int8")
-      text = quantize._data_free_report(name, model, params, q, None, False)   # pylint: disable=protected-access
+      q = common.quantize_embedding(kind, common.quantize_data_free(model, params, method), params, "int8")
+      text = quantize._data_free_report(kind, model, params, q, None, False)   # pylint: disable=protected-access
       fast = time.perf_counter() - t0
       print(f"{name} rtn w4 data-free (run {rep + 1}): {fast:.1f} s; {text.splitlines()[0]}", flush=True)
     if args.baseline:
       t0 = time.perf_counter()
-      ptq.quantize_model(model, params, common.calibration_batches(name, model), method, progress=False)
+      ptq.quantize_model(model, params, kind.calibration_batches(model), method, progress=False)
       slow = time.perf_counter() - t0
       print(f"{name} rtn w4 calibrated pipeline (old flow): {slow:.1f} s; ratio {slow / fast:.1f}x", flush=True)
   print(f"load average {os.getloadavg()}")

@@ -22,7 +22,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jquant.cli import common, demo  # noqa: E402  pylint: disable=wrong-import-position
+from jquant.cli import common, demo, registry  # noqa: E402  pylint: disable=wrong-import-position
 from jquant.ptq import methods as ptq_methods  # noqa: E402  pylint: disable=wrong-import-position
 from jquant.ptq import pipeline  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -55,6 +55,11 @@ def _on_event(event: str, secs: float, **_):
     TIMES[f"compile in {_STACK[-1] if _STACK else 'other'}"] += secs
 
 
+def _timed_evaluator(make):
+  """A kind's evaluator factory whose evaluations are timed as "eval"."""
+  return lambda *a: timed("eval", make(*a))
+
+
 def instrument() -> None:
   pipeline.capture_block = timed("capture", pipeline.capture_block)
   pipeline.forward_block = timed("forward", pipeline.forward_block)
@@ -64,7 +69,8 @@ def instrument() -> None:
     cls.solve = timed("solve", cls.solve)
     if "transform" in cls.__dict__:
       cls.transform = timed("transform", cls.transform)
-  common.evaluate = timed("eval", common.evaluate)
+  for kind in registry.KINDS.values():
+    object.__setattr__(kind, "evaluator", _timed_evaluator(kind.evaluator))
   jax.monitoring.register_event_duration_secs_listener(_on_event)
 
 

@@ -25,8 +25,9 @@ def main() -> int:
   ap.add_argument("--windows", type=int, default=8)
   ap.add_argument("--no-fp", action="store_true", help="skip the rotated float model's row")
   args = ap.parse_args()
-  model, params = common.load_model("smollm2")
-  batches = common.calibration_batches("smollm2", model, num=16)
+  kind = common.model_kind("smollm2")
+  model, params = common.load_model(kind.name)
+  batches = kind.calibration_batches(model, num=16)
   t0 = time.perf_counter()
   rmodel, rparams = rotate(model, params, seed=0)
   t_rot = time.perf_counter() - t0
@@ -34,7 +35,7 @@ def main() -> int:
   t0 = time.perf_counter()
   if not args.no_fp:
     _row("fp32 rotated", 32, "yes", "fp",
-         f"{common.evaluate('smollm2', rmodel, rparams, windows=args.windows)['ppl']:.2f}", f"{t_rot:.1f}",
+         f"{kind.evaluate(rmodel, rparams, windows=args.windows)['ppl']:.2f}", f"{t_rot:.1f}",
          f"{time.perf_counter() - t0:.1f}")
   for cfg in args.configs.split(","):
     name, bits = cfg[:-1], int(cfg[-1])
@@ -47,7 +48,7 @@ def main() -> int:
       for act in ((None, 8, 4) if bits == 4 else (None,)):
         run = ptq.runtime_model(m, ptq.ActQuant(method, act) if act else method)
         t0 = time.perf_counter()
-        ppl = common.evaluate("smollm2", run, qparams, windows=args.windows)["ppl"]
+        ppl = kind.evaluate(run, qparams, windows=args.windows)["ppl"]
         _row(method.name, bits, "yes" if rot else "no", f"int{act}" if act else "fp", f"{ppl:.2f}", f"{tq:.1f}",
              f"{time.perf_counter() - t0:.1f}")
   return 0

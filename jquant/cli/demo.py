@@ -78,7 +78,6 @@ CONFIGS: tuple[Config, ...] = (
     Config("GPTQ (act-order, imatrix grid)", "gptq", 2, act_order=True, grid="imatrix", extended=True),
     Config("HQQ", "hqq", 2, extended=True),
 )
-DEMO_SAMPLES = {"smollm2": 16, "minilm": 128}   # calibration: half the reference data, for time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,10 +97,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--windows", type=int, default=8, help="SmolLM2 eval windows of 512 tokens (default 8)")
 
 
-def _with_matmul(model, matmul):
-  return model if matmul is None else type(model)(model.config, matmul=matmul, tokenizer=model.tokenizer)
-
-
 def _check(args: argparse.Namespace) -> set | None:
   wanted = None if args.methods is None else set(args.methods.split(","))
   if wanted is not None and not wanted <= set(common.METHODS):
@@ -116,12 +111,12 @@ def _check(args: argparse.Namespace) -> set | None:
 
 
 def run(args: argparse.Namespace) -> int:
-  from jquant import assets, ptq  # pylint: disable=import-outside-toplevel
-  from jquant import eval as jeval  # pylint: disable=import-outside-toplevel
+  from jquant import ptq  # pylint: disable=import-outside-toplevel
 
   wanted = _check(args)
-  name = args.model
-  group = common.DEFAULT_GROUP[name]
+  kind = common.model_kind(args.model)
+  name = kind.name
+  group = kind.default_group
   configs = [c for c in CONFIGS if (wanted is None or c.method in wanted) and (args.extended or not c.extended)]
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -131,13 +126,9 @@ def run(args: argparse.Namespace) -> int:
   bf16 = common.bf16_nbytes(params)
   batches = None
   if any(c.method not in common.DATA_FREE or c.grid == "imatrix" for c in configs):
-    batches = common.calibration_batches(name, model, num=args.calib_samples or DEMO_SAMPLES[name])
+    batches = kind.calibration_batches(model, num=args.calib_samples or kind.demo_samples)
   common.log("evaluating the fp32 reference")
-  ref_emb = None
-  if name == "minilm":
-    text = jeval.paragraphs(assets.shakespeare_text("hamlet"), n=512)
-    ref_emb = jeval.embed_texts(model, params, text)
-  evaluate = lambda m, p: common.evaluate(name, m, p, windows=args.windows, ref_embeddings=ref_emb)
+  evaluate = kind.evaluator(model, params if kind.vs_float else None, None, args.windows, 512)
   rows = [_row("fp32 (reference)", 32, None, "float", params, bf16, evaluate(model, params), 0.0)]
   for n, c in enumerate(configs, 1):
     g = group if c.bits < 8 else None
@@ -149,15 +140,15 @@ def run(args: argparse.Namespace) -> int:
       lin = common.quantize_data_free(model, params, method)
     else:
       lin, _ = ptq.quantize_model(model, params, batches, method, progress=True)
-    qparams = common.quantize_embedding(name, lin, params, args.embedding)
+    qparams = common.quantize_embedding(kind, lin, params, args.embedding)
     seconds = time.perf_counter() - t0
-    qmodel = _with_matmul(model, getattr(method, "matmul", None))
+    qmodel = common.with_matmul(model, getattr(method, "matmul", None))
     rows.append(_row(c.label, c.bits, g, args.embedding, qparams, bf16, evaluate(qmodel, qparams), seconds))
-    common.log(f"  -> {_quality_str(rows[-1])}, {rows[-1]['size_mb']:.1f} MB, {seconds:.1f} s")
+    common.log(f"  -> {_quality_str(kind, rows[-1])}, {rows[-1]['size_mb']:.1f} MB, {seconds:.1f} s")
     if c.float_embedding_row and args.embedding != "float":
       rows.append(_row(c.label, c.bits, g, "float", lin, bf16, evaluate(qmodel, lin), seconds))
-      common.log(f"  -> with a float embedding: {_quality_str(rows[-1])}, {rows[-1]['size_mb']:.1f} MB")
-  table = _table(name, rows)
+      common.log(f"  -> with a float embedding: {_quality_str(kind, rows[-1])}, {rows[-1]['size_mb']:.1f} MB")
+  table = _table(kind, rows)
   print(table)
   (out / "table.md").write_text(table + "\n")
   (out / "results.json").write_text(json.dumps({"model": name, "bf16_mb": bf16 / 2**20, "rows": rows}, indent=2))
@@ -174,19 +165,16 @@ def _row(label, bits, group, embedding, qparams, bf16, quality, seconds) -> dict
           "vs_bf16": nbytes / bf16, **quality, "seconds": seconds}
 
 
-def _quality_str(row) -> str:
-  return f"ppl {row['ppl']:.2f}" if "ppl" in row else f"mean cos {row['mean_cos']:.4f}"
+def _quality_str(kind, row) -> str:
+  return kind.format_metrics({kind.metric: row[kind.metric]})[0]
 
 
-def _table(name: str, rows) -> str:
-  lead = "| method | bits | group | embedding | weights (MB) | vs bf16 |"
-  cells = lambda r: (f"| {r['method']} | {r['bits']} | {r.get('group_size') or '-'} | {r['embedding']} | "
-                     f"{r['size_mb']:.1f} | {r['vs_bf16']:.3f}x |")
-  if name == "smollm2":
-    head = f"{lead} Hamlet ppl | quantize time (s) |\n|---|---|---|---|---|---|---|---|"
-    body = [f"{cells(r)} {r['ppl']:.2f} | {r['seconds']:.1f} |" for r in rows]
-  else:
-    head = f"{lead} mean cos | min cos | top-1 NN | quantize time (s) |\n|---|---|---|---|---|---|---|---|---|---|"
-    body = [f"{cells(r)} {r['mean_cos']:.4f} | {r['min_cos']:.4f} | {r['top1_agree']:.3f} | {r['seconds']:.1f} |"
-            for r in rows]
+def _table(kind, rows) -> str:
+  """Markdown: each row's settings and sizes, then the kind's quality columns."""
+  cols = [(k, fmt, col) for k, fmt, col in kind.metrics if col is not None]
+  head = ("| method | bits | group | embedding | weights (MB) | vs bf16 | " + " | ".join(c for _, _, c in cols) +
+          " | quantize time (s) |\n" + "|---" * (8 + len(cols)) + "|")
+  body = [f"| {r['method']} | {r['bits']} | {r.get('group_size') or '-'} | {r['embedding']} | {r['size_mb']:.1f} | "
+          f"{r['vs_bf16']:.3f}x | " + " | ".join(f"{r[k]:{fmt}}" for k, fmt, _ in cols) + f" | {r['seconds']:.1f} |"
+          for r in rows]
   return "\n".join([head] + body)

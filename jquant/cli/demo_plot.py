@@ -86,13 +86,16 @@ def _place(ax, fig, points, texts, color_of) -> list:
 
 
 def figure(name: str, rows: list[dict]):
-  """The matplotlib Figure for the demo ``rows`` of model ``name`` (smollm2: perplexity, minilm: cosine)."""
+  """The matplotlib Figure for the demo ``rows`` of model ``name``: its kind's headline metric (smollm2: perplexity,
+  on a log scale; minilm: cosine)."""
+  from jquant.cli.registry import model_kind  # pylint: disable=import-outside-toplevel
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
   from matplotlib.ticker import ScalarFormatter  # pylint: disable=import-outside-toplevel
-  key = "ppl" if name == "smollm2" else "mean_cos"
+  kind = model_kind(name)
+  key, log_y = kind.metric, kind.lower_is_better
   fig, ax = plt.subplots(figsize=(9, 5.5))
   fp = [r for r in rows if r["bits"] == 32]
   if fp:
@@ -105,18 +108,16 @@ def figure(name: str, rows: list[dict]):
     ax.scatter(r["size_mb"], r[key], marker=_MARKERS.get(r["bits"], "o"), s=60 if r["bits"] == 32 else 36,
                color=_COLORS.get(_family(r["method"]), "tab:purple"), zorder=3,
                facecolors="none" if r.get("embedding") == "float" and r["bits"] != 32 else None)
-  if key == "ppl":
+  if log_y:
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(ScalarFormatter())
-    ax.set_ylabel("Hamlet perplexity (log scale; lower is better)")
-  else:
-    ax.set_ylabel("mean cosine to the fp32 embeddings (higher is better)")
+  ax.set_ylabel(kind.metric_label)
   ax.set_xlabel("weights stored (MB)")
   lo, hi = min(r["size_mb"] for r in rows), max(r["size_mb"] for r in rows)
   ax.set_xlim(lo - 0.08 * (hi - lo), hi + 0.25 * (hi - lo))
   ys = [r[key] for r in rows]
-  if key == "ppl":
+  if log_y:
     ax.set_ylim(min(ys) / 1.12, max(ys) * 1.35)
   else:
     span = max(ys) - min(ys) or 0.01

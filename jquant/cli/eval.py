@@ -1,7 +1,8 @@
-"""``python -m jquant eval --model smollm2|minilm [--text PATH] [--windows N]``: evaluate the fp32 model.
+"""``python -m jquant eval (DIR | --model NAME|PATH) [--text PATH] [--windows N]``: evaluate a model.
 
-Prints one ``name value`` line per metric: ``ppl 42.56`` for SmolLM2; ``mean_cos``, ``min_cos``, ``top1_agree``
-for MiniLM (the fp32 model against itself, which checks the harness; quantized models compare to it).
+Prints one ``name value`` line per metric of the model's kind (`jquant.cli.registry`): ``ppl 42.56`` for SmolLM2;
+``mean_cos``, ``min_cos``, ``top1_agree`` for MiniLM (a float model against itself, which checks the harness;
+quantized checkpoints compare to their float model).
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ EPILOG = """examples:
   python -m jquant eval q/                               # a checkpoint folder from `quantize`
   python -m jquant eval q/ --kv-cache int8 --windows 4   # SmolLM2 through an int8 KV cache
 """
-
-MODELS = ("smollm2", "minilm")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("dir", nargs="?", default=None, metavar="DIR",
@@ -43,17 +41,17 @@ def run(args: argparse.Namespace) -> int:
   from jquant.cli import common  # pylint: disable=import-outside-toplevel
 
   if (args.dir is None) == (args.model is None):
-    raise ValueError("give either a checkpoint DIR or --model smollm2|minilm (not both).")
+    raise ValueError(f"give either a checkpoint DIR or --model {'|'.join(common.MODELS)} (not both).")
   if args.windows < 1 or args.paragraphs < 2:
     raise ValueError(f"--windows must be >= 1 and --paragraphs >= 2, got {args.windows} and {args.paragraphs}.")
   text = jeval.read_text(args.text) if args.text is not None else None
   t0 = time.perf_counter()
   if args.dir is not None:
-    name, model, params, meta = common.load_checkpoint(args.dir)
+    kind, model, params, meta = common.load_checkpoint(args.dir)
   else:
     model, params = common.load_model(args.model)
-    name = common.model_family(args.model)
-  if name == "smollm2" and args.kv_cache is not None:
+    kind = common.model_kind(args.model)
+  if kind.causal_lm and args.kv_cache is not None:
     cfg = model.config
     if not cfg.tie_embeddings or cfg.qkv_bias or cfg.o_bias:
       raise ValueError("--kv-cache supports tied-embedding Llama models without attention biases (the SmolLM2 "
@@ -63,16 +61,12 @@ def run(args: argparse.Namespace) -> int:
                                     windows=args.windows, seq_len=512, matmul=model.matmul)
     lines = [f"ppl {r.ppl:.2f}", f"nll_per_token {r.nll / r.n_predictions:.4f}", f"predictions {r.n_predictions}",
              f"kv_cache {args.kv_cache}"]
-  elif name == "smollm2":
-    r = jeval.perplexity(model, params, text=text, windows=args.windows)
-    lines = [f"ppl {r.ppl:.2f}", f"nll_per_token {r.nll / r.n_predictions:.4f}", f"predictions {r.n_predictions}"]
   else:
     ref = None
-    if args.dir is not None:   # compare the quantized encoder to the fp32 one
-      _, ref = common.load_model(meta.get("model", name))
-    r = jeval.embedding_fidelity(model, params, ref_params=ref, text=text, n=args.paragraphs)
-    lines = [f"mean_cos {r.mean_cos:.4f}", f"min_cos {r.min_cos:.4f}", f"top1_agree {r.top1_agree:.3f}",
-             f"paragraphs {r.n}"]
+    if args.dir is not None and kind.vs_float:   # compare the quantized model to its float one
+      _, ref = common.load_model(meta.get("model", kind.name))
+    lines = kind.format_metrics(kind.evaluate(model, params, ref_params=ref, text=text, windows=args.windows,
+                                              paragraphs=args.paragraphs))
   print("\n".join(lines))
-  print(f"[jquant eval] {args.dir or name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+  print(f"[jquant eval] {args.dir or args.model}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
   return 0

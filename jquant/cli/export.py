@@ -33,13 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", required=True, metavar="HF_DIR")
 
 
-def _float_embedding(params, family):
+def _float_embedding(params, kind):
   """The HF formats here quantize linear layers only: a quantized token embedding is written dequantized (float32),
   with a note on stderr."""
   from jquant.cli import common  # pylint: disable=import-outside-toplevel
   from jquant.ptq.access import copy_dicts, get_in, set_in  # pylint: disable=import-outside-toplevel
-  path = common.EMBEDDING_PATH.get(family)
-  emb = None if path is None else get_in(params, path)
+  path = kind.embedding_path
+  emb = get_in(params, path)
   if not isinstance(emb, jq.QArray):
     return params
   common.log(f"note: {path} is stored as {emb.qtype.name} in jquant; export formats hold "
@@ -56,15 +56,15 @@ def run(args: argparse.Namespace) -> int:
   if (args.dir is None) == (args.model is None):
     raise ValueError("give either a checkpoint DIR or --model NAME|PATH (not both).")
   if args.dir is not None:
-    family, model, params, meta = common.load_checkpoint(args.dir)
+    kind, model, params, meta = common.load_checkpoint(args.dir)
     if meta.get("method") in ("smoothquant", "llm_int8"):
       raise ValueError(f"{args.dir}: {meta['method']} quantizes activations at run time, which the weight-only "
                        f"formats here cannot express; export a weight-only checkpoint (rtn, gptq, awq).")
-    if meta.get("act_bits") or meta.get("rotate"):
+    if getattr(model, "matmul", None) is not None or common.runtime_of(meta).get("rotate"):
       raise ValueError(f"{args.dir}: --act-bits / --rotate checkpoints need run-time activation quantization or an "
                        "online Hadamard transform, which these formats cannot express; export a checkpoint quantized "
                        "without them.")
-    params = _float_embedding(params, family)
+    params = _float_embedding(params, kind)
   else:
     model, params = common.load_model(args.model)
   notes = models.export_pretrained(model, params, args.out, args.format)

@@ -25,9 +25,6 @@ EPILOG = """examples:
   python -m jquant quantize --model minilm --method awq --bits 4 --embedding int4 --out q-minilm/
 """
 
-REPORT_SAMPLES = {"smollm2": 2, "minilm": 32}    # --report on a data-free method: windows / paragraphs
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--model", required=True, metavar="NAME|PATH",
                       help="smollm2, minilm, or a Hugging Face model folder (Llama-family or BERT)")
@@ -69,16 +66,16 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
   """Loads the model and quantizes it (calibrating only when the method needs data, or ``report`` asks for the
   output SQNR of a data-free method). Returns (model, params, qparams, report text, meta)."""
   from jquant import ptq  # pylint: disable=import-outside-toplevel
-  family = common.model_family(model_name)
-  if family != model_name:
+  kind = common.model_kind(model_name)
+  if kind.name != model_name:
     model_name = str(Path(model_name).resolve())
   if fmt != "int":   # the format fixes the block and the bits
     qt = common.format_spec(fmt).qtype
     group_size, bits = qt.block_size, qt.bits
   elif group_size is None:
-    group_size = common.DEFAULT_GROUP[family]
+    group_size = kind.default_group
   method = common.with_act_bits(common.build_method(method_name, bits, group_size, act_order, grid, fmt), act_bits)
-  if rotate and family != "smollm2":
+  if rotate and not kind.causal_lm:
     raise ValueError(f"--rotate supports Llama-architecture models (smollm2 or a Llama HF folder), got {model_name!r}.")
   common.embedding_spec(embedding)     # validate before the load
   t_load = time.perf_counter()
@@ -92,29 +89,30 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
   if data_free:
     qparams = common.quantize_data_free(model, params, method)
   else:
-    batches = common.calibration_batches(family, model, calib_text=calib_text, num=calib_samples)
+    batches = kind.calibration_batches(model, calib_text=calib_text, num=calib_samples)
     qparams, ptq_report = ptq.quantize_model(model, params, batches, method, progress=progress)
-  qparams = common.quantize_embedding(family, qparams, params, embedding)
+  qparams = common.quantize_embedding(kind, qparams, params, embedding)
   seconds = time.perf_counter() - t0
   if data_free:
-    text = _data_free_report(family, model, params, qparams, calib_text, report)
+    text = _data_free_report(kind, model, params, qparams, calib_text, report)
   else:
     text = str(ptq_report)
-  meta = {"model": model_name, "method": method_name, "bits": bits, "group_size": group_size,
+  meta = {"model": model_name, "kind": kind.name, "method": method_name, "bits": bits, "group_size": group_size,
           "act_order": act_order, "grid": grid, "embedding": embedding, "format": fmt, "quantize_seconds": seconds,
-          "rotate": rotate, "act_bits": act_bits}
+          "rotate": rotate, "act_bits": act_bits, "runtime": common.runtime_record(method, rotate),
+          "calib_text": None if calib_text is None else str(Path(calib_text).resolve())}
   return model, params, qparams, text, meta
 
 
-def _data_free_report(family, model, params, qparams, calib_text, with_outputs: bool) -> str:
+def _data_free_report(kind, model, params, qparams, calib_text, with_outputs: bool) -> str:
   """Per-layer weight SQNR (no data); with ``with_outputs`` also output SQNR on a few calibration samples."""
   from jquant.cli import report as report_cli  # pylint: disable=import-outside-toplevel
   inputs = {}
   if with_outputs:
     from jquant.ptq.layer_inputs import capture_linear_inputs  # pylint: disable=import-outside-toplevel
-    n = REPORT_SAMPLES[family]
+    n = kind.report_samples
     common.log(f"--report: capturing layer inputs on {n} calibration samples")
-    batches = common.calibration_batches(family, model, calib_text=calib_text, num=n, seed=1)
+    batches = kind.calibration_batches(model, calib_text=calib_text, num=n, seed=1)
     inputs = capture_linear_inputs(model, params, batches)
   rows = report_cli.layer_table(params, qparams, inputs)
   return report_cli.format_table(rows)

@@ -113,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
     raise ValueError(f"--samples {args.samples}: need at least 1 calibration window/paragraph for output errors.")
   if args.budget_mb is not None and not args.budget_mb > 0:   # also NaN
     raise ValueError(f"--budget-mb {args.budget_mb}: the size budget must be a positive number of MiB.")
-  name, model, qparams, meta = common.load_checkpoint(args.dir)
-  _, params = common.load_model(meta.get("model", name))
-  batches = common.calibration_batches(name, model, num=args.samples, seed=1)
+  kind, model, qparams, meta = common.load_checkpoint(args.dir)
+  _, params = common.load_model(meta.get("model", kind.name))
+  batches = kind.calibration_batches(model, num=args.samples, seed=1)
   inputs = capture_linear_inputs(model, params, batches)
   rows = layer_table(params, qparams, inputs)
   print(format_table(rows))

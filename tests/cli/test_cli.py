@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import pytest
 
 import jquant as jq
@@ -83,14 +84,50 @@ def test_format_flag_builds_the_microscaling_grids():
     common.build_method("rtn", 4, 64, fmt="fp6")
 
 
-def test_checkpoint_meta_rebuilds_its_method():
-  """load_checkpoint's method comes from every setting quantize records (format, grid, act bits), not a subset."""
-  base = {"method": "gptq", "bits": 4, "group_size": 64, "act_order": True}
-  m = common.method_from_meta({**base, "format": "nvfp4"})
-  assert m.spec.qtype is jq.NVFP4 and m.act_order
-  m = common.method_from_meta({**base, "grid": "imatrix", "act_bits": 8})
-  assert m.name == "gptq+imatrix+a8" and m.method.grid == "imatrix"
-  assert common.method_from_meta(base).spec.qtype is jq.UINT4
+def test_meta_records_the_runtime_and_loading_rebuilds_it():
+  """meta.json's ``runtime`` holds the run-time matmul and rotation; loading builds exactly that matmul from the
+  record (never from the quantize flags), for every setting that changes the runtime."""
+  cases = [(common.build_method("gptq", 4, 64, True, fmt="nvfp4"), None),
+           (common.with_act_bits(common.build_method("gptq", 4, 64, True, "imatrix"), 8), "ActQuantMatmul"),
+           (common.with_act_bits(common.build_method("rtn", 4, 64), 4), "ActQuantMatmul"),
+           (common.build_method("smoothquant", 8, None), "W8A8Matmul"),
+           (common.build_method("llm_int8", 8, None), "LLMInt8Matmul")]
+  for method, kind in cases:
+    rec = json.loads(json.dumps(common.runtime_record(method, rotate=True)))     # through JSON, as stored
+    assert rec["rotate"] is True and (rec["matmul"] or {}).get("type") == kind
+    assert common.runtime_matmul({"method": "gptq", "runtime": rec}) == method.matmul
+  with pytest.raises(ValueError, match=r"m.json: runtime.matmul .*'type' is one of"):
+    common.runtime_matmul({"runtime": {"matmul": {"type": "Evil"}}}, "m.json")
+  with pytest.raises(ValueError, match=r"runtime.matmul .* is invalid"):
+    common.runtime_matmul({"runtime": {"matmul": {"type": "ActQuantMatmul", "act_bits": 5}}})
+
+
+@pytest.mark.parametrize("settings", [{"method": "smoothquant", "bits": 8}, {"method": "llm_int8", "bits": 8},
+                                      {"method": "gptq", "bits": 4, "act_bits": 8, "grid": "imatrix"},
+                                      {"method": "awq", "bits": 4, "act_bits": None, "rotate": True}])
+def test_meta_json_written_before_the_runtime_record_still_loads(tmp_path, monkeypatch, settings):
+  """Back-compat: a meta.json as quantize wrote it before ``runtime`` (every key but it) loads with the matmul and
+  rotation that checkpoint ran with."""
+  meta = {"model": "smollm2", "group_size": 64, "act_order": False, "grid": "minmax", "embedding": "int8",
+          "format": "int", "quantize_seconds": 1.0, "rotate": False, "act_bits": None, **settings}
+  d = tmp_path / "old"
+  d.mkdir()
+  (d / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+  jq.io.save_safetensors(d / "params.safetensors", {"w": jq.quantize(jnp.ones((4, 4)), common.weight_spec(8, None))})
+  built = []
+
+  class Fake:
+    def __init__(self, matmul):
+      self.matmul = matmul
+  monkeypatch.setattr(common, "load_model", lambda name, matmul=None: built.append((name, matmul)) or (Fake(matmul), {}))
+  rotated = []
+  import jquant.models.rotation as rotation
+  monkeypatch.setattr(rotation, "rotated_model", lambda m: rotated.append(m) or m)
+  kind, model, params, _ = common.load_checkpoint(d)
+  expected = common.with_act_bits(common.build_method(meta["method"], meta["bits"], 64, False, meta["grid"]),
+                                  meta["act_bits"])
+  assert kind.name == "smollm2" and built == [("smollm2", expected.matmul)] and model.matmul == expected.matmul
+  assert bool(rotated) == bool(meta["rotate"]) and isinstance(params["w"], jq.QArray)
 
 
 def test_rotate_and_act_bits_flags(tmp_path, capsys):

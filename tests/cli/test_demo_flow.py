@@ -24,7 +24,7 @@ def _tiny(model, seed):
 def test_int8_embedding_runs_as_its_dequantized_table(family, rng):
   model, params = _tiny(SmolLM2(TINY_LLAMA) if family == "smollm2" else MiniLM(TINY_BERT), int(rng.integers(1 << 30)))
   q = common.quantize_embedding(family, params, params, "int8")
-  path = common.EMBEDDING_PATH[family]
+  path = common.model_kind(family).embedding_path
   qa = get_in(q, path)
   assert isinstance(qa, jq.QArray) and qa.qtype == jq.INT8 and qa.scale.shape == (qa.shape[0], 1)
   w = np.asarray(get_in(params, path), np.float64)

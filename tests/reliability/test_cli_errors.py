@@ -40,7 +40,7 @@ def _no_model_load(monkeypatch):
   def boom(*a, **k):
     raise AssertionError("quantize did work before checking its arguments")
   monkeypatch.setattr(common, "load_model", boom)
-  monkeypatch.setattr(common, "model_family", boom)
+  monkeypatch.setattr(common, "model_kind", boom)
 
 
 def test_quantize_refuses_a_non_empty_out_before_any_work(capsys, tmp_path, monkeypatch):
