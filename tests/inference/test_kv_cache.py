@@ -89,9 +89,9 @@ def test_cache_nbytes_counts_values_and_scales():
 
 def test_bad_cache_configs():
   assert KVCacheConfig("fp8") == KVCacheConfig("fp8_e4m3")   # alias used by `jquant eval --kv-cache fp8`
-  with pytest.raises(ValueError, match=r"unsupported cache dtype 'int4'"):
-    KVCacheConfig("int4")
-  with pytest.raises(ValueError, match=r"only apply to quantized"):
+  with pytest.raises(ValueError, match=r"unsupported cache dtype 'int2'"):
+    KVCacheConfig("int2")
+  with pytest.raises(ValueError, match=r"only apply to int8 / fp8_e4m3"):
     KVCacheConfig("bfloat16", k_scale=0.1, v_scale=0.1)
   with pytest.raises(ValueError, match=r"give both k_scale and v_scale"):
     KVCacheConfig("int8", k_scale=0.1)
