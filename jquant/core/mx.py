@@ -97,6 +97,13 @@ def _elem(v: jax.Array, qt: QType) -> jax.Array:
   return jnp.clip(v, qt.qmin, qt.qmax).astype(qt.storage_dtype)
 
 
+def _div(a: jax.Array, c: float) -> jax.Array:
+  """IEEE float32 ``fl(a / c)`` for a constant ``c``: XLA rewrites division by a constant into multiplication by
+  its (inexact) reciprocal, which differs in the last bit for ~1/4 of the inputs (1/6, 1/2688); a divisor XLA
+  cannot see as a constant keeps the true division."""
+  return a / jax.lax.optimization_barrier(jnp.full(a.shape, c, _F32))
+
+
 def _amax(xf: jax.Array, block) -> jax.Array:
   """Per-tile max |x| (scale shape); NaN propagates, Inf stays Inf."""
   return jnp.max(jnp.abs(tiling.to_tiles(xf, block)), axis=-1)
@@ -119,7 +126,7 @@ def quantize_mx(x: jax.Array, spec):
   t = nvfp4_tensor_scale(xf, spec)
   t_b = jnp.broadcast_to(t, amax.shape)          # t is 1 on every non-batch axis
   ok_b = ok_b & jnp.isfinite(t_b)
-  s = jnp.where(ok_b, (amax / 6.0) / t_b, jnp.nan).astype(jnp.float8_e4m3fn)
+  s = jnp.where(ok_b, _div(amax, 6.0) / t_b, jnp.nan).astype(jnp.float8_e4m3fn)
   sf = s.astype(_F32)
   enc = jnp.where(ok_b & (sf > 0), 1.0 / jnp.where(ok_b & (sf > 0), sf * t_b, 1.0), 0.0)
   q = tiling.broadcast_apply(lambda v, c, ok: jnp.where(ok, _elem(v * c, qt), 0), xf, block, enc, ok_b)
@@ -137,7 +144,7 @@ def grid_scales(x: jax.Array, spec) -> jax.Array:
     emax = int(jnp.finfo(qt.storage_dtype).maxexp) - 1
     e = _floor_log2(jnp.where(jnp.isfinite(amax), amax, 0.0)) - emax
     return jnp.where(jnp.isfinite(amax), _pow2(jnp.clip(e, -126, 127)), jnp.nan)
-  return (amax / 6.0).astype(jnp.float8_e4m3fn).astype(_F32)
+  return _div(amax, 6.0).astype(jnp.float8_e4m3fn).astype(_F32)
 
 
 def quantize_with_grid_scales(x: jax.Array, scale: jax.Array, qt: QType) -> jax.Array:
@@ -150,7 +157,7 @@ def quantize_with_grid_scales(x: jax.Array, scale: jax.Array, qt: QType) -> jax.
 def nvfp4_tensor_scale(x: jax.Array, spec) -> jax.Array:
   """NVFP4's float32 per-tensor scale ``t`` of ``x`` (shape: 1 except on batch axes; see the module doc)."""
   tmax = _amax(x.astype(_F32), PerTensor(batch_axes=spec.granularity.batch_axes).block_shape(x.shape))
-  t = jnp.where(tmax > 0, jnp.maximum(tmax / NVFP4_TENSOR_DIVISOR, _F32_TINY), 1.0)
+  t = jnp.where(tmax > 0, jnp.maximum(_div(tmax, NVFP4_TENSOR_DIVISOR), _F32_TINY), 1.0)
   return jnp.where(jnp.isfinite(tmax), t, jnp.nan)
 
 

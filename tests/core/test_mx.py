@@ -158,3 +158,16 @@ def test_stacked_nvfp4_has_one_tensor_scale_per_slice(rng):
   for i in range(2):
     p, s, t = ref.nvfp4_encode(x[i], axis=0)
     same_bits(np.asarray(jq.dequantize(qa))[i], ref.nvfp4_decode(p, s, t, x[i].shape))
+
+
+def test_nvfp4_scales_are_true_divisions(rng):
+  # XLA turns x / 2688 and x / 6 into x * fl(1 / c), off by one ulp for ~1/4 of the inputs: 64 slices of
+  # tensor scales and 256 block scales against the reference's IEEE divisions.
+  x = (rng.standard_normal((64, 64)) * rng.uniform(0.01, 100, (64, 1))).astype(np.float32)
+  spec = jq.QuantSpec(qtype=jq.NVFP4, granularity=jq.PerGroup(axis=1, size=16, batch_axes=(0,)))
+  qa = jax.jit(lambda a: jq.quantize(a, spec))(jnp.asarray(x))
+  amax = np.abs(x).max(axis=1)
+  same_bits(np.asarray(qa.scale.tensor)[:, 0], (amax / np.float32(2688.0)).astype(np.float32))
+  blocks = np.abs(x).reshape(64, 4, 16).max(-1)
+  same_bits(np.asarray(mx.grid_scales(jnp.asarray(x), spec)),
+            ref.round_to_format((blocks / np.float32(6.0)).astype(np.float32), "float8_e4m3fn"))
