@@ -106,7 +106,8 @@ FORMATS = ("int", "mxfp8", "mxfp4", "nvfp4")
 def format_spec(fmt: str) -> jq.QuantSpec:
   """The weight spec of a microscaling ``--format``: MXFP8 (E4M3) / MXFP4 in blocks of 32, NVFP4 in blocks of 16,
   along the input features (the format fixes bits and block; weight-only)."""
-  qt = {"mxfp8": jq.MXFP8_E4M3, "mxfp4": jq.MXFP4, "nvfp4": jq.NVFP4}.get(fmt)
+  from jquant.ptq.methods.act_quant import MX_FORMATS  # pylint: disable=import-outside-toplevel
+  qt = MX_FORMATS.get(fmt)
   if qt is None:
     raise ValueError(f"--format {fmt!r} is not a microscaling format; use one of {FORMATS[1:]} (or 'int').")
   return jq.QuantSpec(qtype=qt, granularity=jq.PerGroup(axis=0, size=qt.block_size))
@@ -155,15 +156,20 @@ def build_method(name: str, bits: int, group_size: int | None, act_order: bool =
   raise ValueError(f"unknown method {name!r}; choose one of {METHODS}.")
 
 
-def with_act_bits(method, act_bits: int | None):
-  """``method`` whose runtime also quantizes activations per token to ``act_bits`` (8 or 4; None: unchanged)."""
-  if act_bits is None:
+def with_act_bits(method, act_bits: int | None, act_format: str | None = None):
+  """``method`` whose runtime also quantizes activations per token to ``act_bits`` (8 or 4), or in the
+  microscaling ``act_format`` (mxfp8 / mxfp4 / nvfp4, per block; its bits are the format's); None: unchanged."""
+  if act_bits is None and act_format is None:
     return method
+  flag = f"--act-format {act_format}" if act_format else f"--act-bits {act_bits}"
+  if act_format and act_bits is not None:
+    raise ValueError(f"give --act-bits (int activations) or --act-format (microscaling), not both; got --act-bits "
+                     f"{act_bits} {flag}.")
   if getattr(method, "matmul", None) is not None:
-    raise ValueError(f"--act-bits {act_bits}: {method.name} already quantizes activations; use it with a weight-only "
+    raise ValueError(f"{flag}: {method.name} already quantizes activations; use it with a weight-only "
                      "method (rtn, gptq, awq).")
   from jquant import ptq  # pylint: disable=import-outside-toplevel
-  return ptq.ActQuant(method, act_bits)
+  return ptq.ActQuant(method, act_bits, act_format or "int")
 
 
 params_nbytes = jq.params.params_nbytes

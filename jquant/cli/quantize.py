@@ -23,6 +23,7 @@ EPILOG = """examples:
   python -m jquant quantize --model smollm2 --method rtn --bits 4 --out q-rtn/        # seconds, no data
   python -m jquant quantize --model smollm2 --method gptq --bits 4 --group-size 64 --act-order --grid mse --out q/
   python -m jquant quantize --model minilm --method awq --bits 4 --embedding int4 --out q-minilm/
+  python -m jquant quantize --model smollm2 --method rtn --format mxfp8 --act-format mxfp8 --out q-w8a8-mx/
 """
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="smollm2 / Llama: randomized Hadamard rotations first (QuaRot R1, R2 + online R4)")
   parser.add_argument("--act-bits", type=int, default=None, choices=(8, 4),
                       help="also quantize activations per token at run time (W4A8 / W4A4; weight-only methods)")
+  parser.add_argument("--act-format", default=None, choices=common.FORMATS[1:],
+                      help="also quantize activations at run time in a microscaling format, per block along the "
+                           "features (W8A8 mxfp8, W4A4 mxfp4 / nvfp4; pair with the same --format)")
   parser.add_argument("--calib-text", default=None, metavar="PATH", help="calibration text (default: other plays)")
   parser.add_argument("--calib-samples", type=int, default=None,
                       help="calibration windows (smollm2, default 32) or paragraphs (minilm, default 256)")
@@ -62,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def quantize_real(model_name: str, method_name: str, bits: int, group_size: int | None, act_order: bool = False,
                   calib_text: str | None = None, calib_samples: int | None = None, progress: bool = True,
                   grid: str = "minmax", embedding: str = "int8", report: bool = False, fmt: str = "int",
-                  rotate: bool = False, act_bits: int | None = None):
+                  rotate: bool = False, act_bits: int | None = None, act_format: str | None = None):
   """Loads the model and quantizes it (calibrating only when the method needs data, or ``report`` asks for the
   output SQNR of a data-free method). Returns (model, params, qparams, report text, meta)."""
   from jquant import ptq  # pylint: disable=import-outside-toplevel
@@ -74,7 +78,8 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
     group_size, bits = qt.block_size, qt.bits
   elif group_size is None:
     group_size = kind.default_group
-  method = common.with_act_bits(common.build_method(method_name, bits, group_size, act_order, grid, fmt), act_bits)
+  method = common.with_act_bits(common.build_method(method_name, bits, group_size, act_order, grid, fmt), act_bits,
+                                act_format)
   if rotate and not kind.causal_lm:
     raise ValueError(f"--rotate supports Llama-architecture models (smollm2 or a Llama HF folder), got {model_name!r}.")
   common.embedding_spec(embedding)     # validate before the load
@@ -99,7 +104,8 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
     text = str(ptq_report)
   meta = {"model": model_name, "kind": kind.name, "method": method_name, "bits": bits, "group_size": group_size,
           "act_order": act_order, "grid": grid, "embedding": embedding, "format": fmt, "quantize_seconds": seconds,
-          "rotate": rotate, "act_bits": act_bits, "runtime": common.runtime_record(method, rotate),
+          "rotate": rotate, "act_bits": act_bits, "act_format": act_format,
+          "runtime": common.runtime_record(method, rotate),
           "calib_text": None if calib_text is None else str(Path(calib_text).resolve())}
   return model, params, qparams, text, meta
 
@@ -140,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
   _, _, qparams, text, meta = quantize_real(args.model, args.method, args.bits, args.group_size, args.act_order,
                                             args.calib_text, args.calib_samples, grid=args.grid,
                                             embedding=args.embedding, report=args.report, fmt=args.format,
-                                            rotate=args.rotate, act_bits=args.act_bits)
+                                            rotate=args.rotate, act_bits=args.act_bits,
+                                            act_format=args.act_format)
   out = common.save_checkpoint(args.out, qparams, meta, overwrite=args.overwrite, files={"report.txt": text})
   summary = text.splitlines()[0] if text else ""
   print(summary)

@@ -141,3 +141,19 @@ def test_rotate_and_act_bits_flags(tmp_path, capsys):
   assert "--rotate supports Llama-architecture models" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     main(["quantize", "--model", "smollm2", "--method", "rtn", "--act-bits", "2", "--out", str(tmp_path / "c")])
+
+
+def test_act_format_flag_records_a_microscaling_runtime(tmp_path, capsys):
+  """--act-format wraps the method in MX activations; meta.json's runtime record rebuilds the same matmul."""
+  from jquant.ptq.methods import ActQuantMatmul
+  m = common.with_act_bits(common.build_method("rtn", 8, None, fmt="mxfp8"), None, "mxfp8")
+  assert m.name == "rtn+amxfp8" and m.matmul == ActQuantMatmul(8, "mxfp8")
+  rec = common.runtime_record(m)
+  assert rec["matmul"] == {"type": "ActQuantMatmul", "act_bits": 8, "act_format": "mxfp8"}
+  assert common.runtime_matmul({"runtime": rec}) == ActQuantMatmul(act_format="mxfp8")
+  assert common.runtime_matmul({"method": "rtn", "act_bits": 4}) == ActQuantMatmul(4)    # older meta.json
+  assert main(["quantize", "--model", "smollm2", "--method", "rtn", "--format", "nvfp4", "--act-bits", "4",
+               "--act-format", "nvfp4", "--out", str(tmp_path / "a")]) == 1
+  assert "not both" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    main(["quantize", "--model", "smollm2", "--method", "rtn", "--act-format", "int4", "--out", str(tmp_path / "b")])

@@ -10,6 +10,7 @@ import pytest
 import jquant as jq
 from jquant import ptq
 from jquant.ptq.methods import ActQuantMatmul, W8A8Matmul
+from jquant.ptq.methods.act_quant import MX_FORMATS
 from jquant.solvers.rtn import rtn
 
 W4 = jq.QuantSpec(qtype=jq.UINT4, granularity=jq.PerGroup(axis=0, size=16), symmetric=False)
@@ -77,3 +78,41 @@ def test_rotated_tiny_model_w4a4_end_to_end(rng):
   ref = np.asarray(model.apply(params, ids))
   assert np.isfinite(a4).all() and np.abs(a4 - a16).max() > 1e-4
   assert np.abs(a16 - ref).max() < 0.5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8", "mxfp4", "nvfp4"])
+def test_mx_activations_match_numpy(fmt, rng):
+  from tests.core import mx_reference as mxref
+  x = rng.standard_normal((2, 3, 64)).astype(np.float32) * rng.uniform(0.1, 10, (2, 3, 1)).astype(np.float32)
+  x[..., 5] *= 30.0                                         # an outlier channel
+  wspec = jq.QuantSpec(qtype=MX_FORMATS[fmt], granularity=jq.PerGroup(axis=0, size=MX_FORMATS[fmt].block_size))
+  qa = rtn(jnp.asarray(rng.standard_normal((64, 24)).astype(np.float32) / 8), wspec)
+  rows = x.reshape(-1, 64)
+  if fmt == "nvfp4":     # the second-level float32 scale is taken per token
+    deq = np.stack([mxref.nvfp4_decode(*mxref.nvfp4_encode(r, axis=0, block=16), r.shape) for r in rows])
+  else:
+    elem = "float8_e4m3fn" if fmt == "mxfp8" else "float4_e2m1fn"
+    p, s = mxref.mx_encode(rows, elem, axis=1, block=32)
+    deq = mxref.mx_decode(p, s, rows.shape)
+  ref = deq.reshape(x.shape).astype(np.float64) @ np.asarray(jq.dequantize(qa), np.float64)
+  mm = ActQuantMatmul(act_format=fmt)
+  assert mm.act_bits == MX_FORMATS[fmt].bits
+  got = np.asarray(jax.jit(mm)(jnp.asarray(x), qa), np.float64)
+  # the activation codes are bit-exact; float32 64-term dot products of the dequantized values remain
+  np.testing.assert_allclose(got, ref, atol=64 * 1.2e-7 * np.abs(deq).max() * np.abs(ref).max() + 1e-6)
+  plain = np.asarray(jq.ops.qdot(jnp.asarray(x), qa), np.float64)
+  assert np.abs(plain - got).max() > 1e-3
+
+
+def test_mx_activation_config_checks(rng):
+  inner = ptq.RTN(W4)
+  m = ptq.ActQuant(inner, act_format="mxfp4")
+  assert (m.name, m.act_bits, m.matmul) == ("rtn+amxfp4", 4, ActQuantMatmul(4, "mxfp4"))
+  assert ptq.ActQuant(inner) == ptq.ActQuant(inner, act_bits=8) and ptq.ActQuant(inner).name == "rtn+a8"
+  with pytest.raises(ValueError, match=r"mxfp4 activations have 4 bits, got act_bits=8"):
+    ptq.ActQuant(inner, act_bits=8, act_format="mxfp4")
+  with pytest.raises(ValueError, match=r"act_format must be 'int' or one of"):
+    ActQuantMatmul(act_format="fp8")
+  qa = rtn(jnp.asarray(rng.standard_normal((48, 8)), jnp.float32), W4)
+  with pytest.raises(ValueError, match=r"input features \(48\) to be a multiple of 32"):
+    ActQuantMatmul(act_format="mxfp8")(jnp.ones((2, 48)), qa)
