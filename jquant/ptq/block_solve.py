@@ -73,7 +73,8 @@ def learned_block(model, i, name, work, out, hs, ctxs, groups, keep, method, ent
   best, first = float(best), float(first)
   if not (best == best and first == first):
     raise ValueError(f"autoround: the block loss of {name or 'the model'} is NaN; check the block's inputs and params.")
-  _, stats = capture_block(model, i, wb, hs, ctxs, list(paths), block_name=name)   # the report's token samples
+  _, stats = capture_block(model, i, wb, hs, ctxs, list(paths), block_name=name,   # the report's token samples
+                           outputs=False)
   seconds = (time.perf_counter() - t0) / len(paths)
   for p, view in zip(paths, views):
     fp_leaves = linear_leaves(wb, p, view)

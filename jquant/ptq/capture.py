@@ -120,8 +120,11 @@ def _reduce(x: jax.Array, mask: jax.Array, stride: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _capture_program(model, i: int, paths: tuple[str, ...], stride: int):
-  """(jitted fn(bp, hidden, ctx) -> (out, reduced), box) where box["index"] maps path -> unique-input index."""
+def _capture_program(model, i: int, paths: tuple[str, ...], stride: int, outputs: bool):
+  """(jitted fn(bp, hidden, ctx) -> (out, reduced), box) where box["index"] maps path -> unique-input index.
+
+  ``outputs`` False: ``out`` is None, and XLA drops whatever the block computes after the last captured input
+  (o_proj's capture stops after the attention, q/k/v's after the input norm)."""
   fn = _block_fn(model, i)
   box: dict[str, Any] = {}
 
@@ -155,13 +158,14 @@ def _capture_program(model, i: int, paths: tuple[str, ...], stride: int):
         index[p] = len(uniq)
         uniq.append(seen[p])
     box["index"] = index
-    return out, [_reduce(u[1], mask, stride) for u in uniq]
+    return (out if outputs else None), [_reduce(u[1], mask, stride) for u in uniq]
 
   return jax.jit(run), box
 
 
 def capture_block(model, i: int, block_params: PyTree, hiddens: Sequence[jax.Array], ctxs: Sequence[PyTree],
-                  paths: Sequence[str], max_samples: int = 2048, block_name: str = "") -> tuple[list, dict]:
+                  paths: Sequence[str], max_samples: int = 2048, block_name: str = "",
+                  outputs: bool = True) -> tuple[list, dict]:
   """Runs block ``i`` on every calibration batch and accumulates the inputs of the linears ``paths``.
 
   Args:
@@ -173,16 +177,19 @@ def capture_block(model, i: int, block_params: PyTree, hiddens: Sequence[jax.Arr
     paths: linear paths relative to the block.
     max_samples: about how many real tokens to keep per input for the report (a strided subsample).
     block_name: for error messages.
+    outputs: False when the caller discards the block outputs: the block then only runs up to its last captured
+      input (the true-sequential captures of GPTQ cost a fraction of a block each instead of a full block).
 
   Returns:
-    (outputs, stats): the block outputs per batch and ``{path: InputStats}`` (shared objects for shared inputs).
+    (outputs, stats): the block outputs per batch (an empty list when ``outputs`` is False) and
+    ``{path: InputStats}`` (shared objects for shared inputs).
 
   Raises:
     ValueError: a batch held NaN/inf activations at one of the linears.
   """
   total = sum(int(np.prod(jax.tree.leaves(h)[0].shape[:2])) for h in hiddens)
   stride = max(1, -(-total // max_samples))
-  jitted, box = _capture_program(model, _program_index(model, i), tuple(paths), stride)
+  jitted, box = _capture_program(model, _program_index(model, i), tuple(paths), stride, bool(outputs))
   outs, stats = [], None
   for b, (h, ctx) in enumerate(zip(hiddens, ctxs)):
     out, reduced = jitted(block_params, h, ctx)
@@ -201,7 +208,8 @@ def capture_block(model, i: int, block_params: PyTree, hiddens: Sequence[jax.Arr
       if "expert_count" in r:
         st.expert_counts = host_array(r["expert_count"]) + (0 if st.expert_counts is None else st.expert_counts)
         st.sample_experts.append(host_array(r["sample_expert"])[keep])
-    outs.append(out)
+    if outputs:
+      outs.append(out)
   index = box["index"]
   for p, j in index.items():
     if stats[j].bad_batch >= 0:

@@ -107,7 +107,7 @@ def _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method,
     qpaths = [p for p in paths if keep(_full(name, p))]
     if not qpaths:
       continue
-    _, stats = capture_block(model, i, wb, hs, ctxs, qpaths, block_name=name)
+    _, stats = capture_block(model, i, wb, hs, ctxs, qpaths, block_name=name, outputs=False)
     for p in qpaths:
       t0 = time.perf_counter()
       view = kernel_view(model, p)
@@ -172,7 +172,8 @@ def _run_block(model, i, name, params, work, out, hs, ctxs, groups, keep, method
     return _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries)
   # scales searched on the quantized model's inputs, then true-sequential solves of the scaled weights
   wb = get_block(model, work, name)
-  _, stats = capture_block(model, i, wb, hs, ctxs, [p for g in groups for p in g], block_name=name)
+  _, stats = capture_block(model, i, wb, hs, ctxs, [p for g in groups for p in g], block_name=name,
+                           outputs=False)
   block = copy_dicts(wb)
   method.transform(block, stats, groups, scale_plan(model, groups), lambda p: keep(_full(name, p)),
                    lambda p: kernel_view(model, p))
