@@ -109,3 +109,20 @@ def test_token_mask_defaults_to_all_tokens():
   assert bool(jnp.all(capture.token_mask(h, {"cos": 1})))
   m = capture.token_mask(h, {"mask": jnp.array([[1, 1, 0, 0, 0], [1] * 5])})
   assert int(m.sum()) == 7
+
+
+def test_capture_without_outputs_gives_the_same_statistics(rng):
+  """``outputs=False`` (the true-sequential captures) returns no block outputs and bit-identical statistics."""
+  model, params = H.tiny_llama(rng)
+  name = model.block_names()[0]
+  bp = access.get_block(model, params, name)
+  hs, ctxs = zip(*[model.embed(params, b) for b in H.llama_batches(rng, n=2)])
+  for paths in model.linear_groups():
+    outs, full = capture.capture_block(model, 0, bp, hs, ctxs, list(paths))
+    none, lean = capture.capture_block(model, 0, bp, hs, ctxs, list(paths), outputs=False)
+    assert len(outs) == 2 and none == []
+    for p in paths:
+      for f in ("gram", "abs_sum", "abs_max"):
+        np.testing.assert_array_equal(np.asarray(getattr(lean[p], f)), np.asarray(getattr(full[p], f)))
+      assert lean[p].count == full[p].count
+      np.testing.assert_array_equal(lean[p].sample(), full[p].sample())
