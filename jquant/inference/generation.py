@@ -1,4 +1,5 @@
-"""Jit-compiled generation for the Llama LM: prefill the prompt into a fixed-size `KVCache`, then decode with one
+"""Jit-compiled generation for any model built on ``jquant.models.llama.LlamaLM`` (its own blocks run against the
+cache, see `cached_forward`): prefill the prompt into a fixed-size `KVCache`, then decode with one
 ``lax.while_loop`` (no host sync per token), greedy or sampled, stopping each row at EOS through a done mask.
 
     res = generate(model, params, prompt_ids, max_new_tokens=32, max_len=128,
@@ -18,10 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from jquant.inference.kv_cache import KVCache, KVCacheConfig, init_cache
-from jquant.inference.llama_cached import forward_cached, param_dtype
+from jquant.inference.cached_forward import forward_cached, param_dtype
 from jquant.inference.sampling import SamplingConfig, sample_logits
 from jquant.models.layers import MatmulFn
-from jquant.models.llama import LlamaConfig
+from jquant.models.llama import LlamaConfig, LlamaLM
 
 __all__ = ["GenerationResult", "generate", "prefill", "decode", "new_cache", "TRACE_COUNTS"]
 
@@ -47,28 +48,20 @@ class GenerationResult:
   cache: KVCache
 
 
-def model_config(model: Any) -> tuple[LlamaConfig, MatmulFn | None]:
-  """(LlamaConfig, the model's matmul or None) of a LlamaConfig or a model with one."""
+def model_config(model: Any, matmul: MatmulFn | None = None) -> tuple[LlamaLM, LlamaConfig]:
+  """(the Linen LM to run, its config) of a LlamaConfig or a model built on ``jquant.models.llama.LlamaLM`` (its
+  ``.module``: ``LlamaModel`` / ``SmolLM2``, ``from_pretrained`` Llama / Qwen2 folders, rotated models). ``matmul``
+  replaces the model's own ``matmul(x, kernel)`` in every Linear when given."""
   if isinstance(model, LlamaConfig):
-    check_cached_support(model)
-    return model, None
-  cfg = getattr(model, "config", None)
-  if not isinstance(cfg, LlamaConfig):
-    raise TypeError(f"expected a LlamaConfig or a model with a LlamaConfig .config (e.g. jquant.models.SmolLM2), "
-                    f"got {type(model).__name__}.")
-  check_cached_support(cfg)
-  return cfg, getattr(model, "matmul", None)
-
-
-def check_cached_support(cfg: LlamaConfig) -> None:
-  """The cached runtime has no attention biases and only a tied head: refuse other configs instead of computing a
-  wrong model."""
-  missing = [n for n, on in (("q/k/v biases", cfg.qkv_bias), ("an o_proj bias", cfg.o_bias),
-                             ("an untied lm_head", not cfg.tie_embeddings),
-                             ("an online Hadamard rotation before down_proj", cfg.rotate_down)) if on]
-  if missing:
-    raise ValueError(f"the cached inference runtime does not support {', '.join(missing)} yet (config {cfg}); "
-                     "evaluate this model without the KV cache (jquant.eval.perplexity).")
+    module = LlamaLM(model)
+  else:
+    module = getattr(model, "module", None)
+    if not isinstance(module, LlamaLM):
+      raise TypeError(f"expected a LlamaConfig or a model built on jquant.models.llama.LlamaLM (a .module LlamaLM, "
+                      f"e.g. jquant.models.LlamaModel / SmolLM2), got {type(model).__name__}.")
+  if matmul is not None:
+    module = module.clone(matmul=matmul)
+  return module, module.config
 
 
 def _check_ids(ids, what: str, vocab_size: int) -> jax.Array:
@@ -85,19 +78,19 @@ def _check_ids(ids, what: str, vocab_size: int) -> jax.Array:
 
 
 def new_cache(model: Any, cache_config: KVCacheConfig, batch: int, max_len: int) -> KVCache:
-  """An empty `KVCache` for ``model`` (a LlamaConfig or a model with one)."""
-  cfg, _ = model_config(model)
+  """An empty `KVCache` for ``model`` (a LlamaConfig or a model built on LlamaLM)."""
+  _, cfg = model_config(model)
   return init_cache(cache_config, num_layers=cfg.num_layers, batch=batch, max_len=max_len,
                     kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)
 
 
-def _prefill(cfg, params, ids, cache, matmul, dtype):
+def _prefill(module, params, ids, cache, dtype):
   TRACE_COUNTS["prefill"] += 1
-  logits, cache = forward_cached(cfg, params, ids, cache, matmul=matmul, dtype=dtype, start=0, last_only=True)
+  logits, cache = forward_cached(module, params, ids, cache, dtype=dtype, start=0, last_only=True)
   return logits[:, 0], cache
 
 
-def _decode(cfg, params, first, cache, key, *, steps, sampling, eos_id, matmul, dtype):
+def _decode(module, params, first, cache, key, *, steps, sampling, eos_id, dtype):
   """Decodes ``steps`` tokens after ``first`` (B,), which is emitted as token 0."""
   bsz = first.shape[0]
   eos = -1 if eos_id is None else eos_id
@@ -113,7 +106,7 @@ def _decode(cfg, params, first, cache, key, *, steps, sampling, eos_id, matmul, 
     TRACE_COUNTS["decode_step"] += 1
     step, out, done, count, cache = state
     tok = out[:, step - 1]
-    logits, cache = forward_cached(cfg, params, tok[:, None], cache, matmul=matmul, dtype=dtype)
+    logits, cache = forward_cached(module, params, tok[:, None], cache, dtype=dtype)
     nxt = sample_logits(logits[:, 0], sampling, jax.random.fold_in(key, step))
     nxt = jnp.where(done, eos, nxt)
     count = count + (~done).astype(jnp.int32)
@@ -126,32 +119,30 @@ def _decode(cfg, params, first, cache, key, *, steps, sampling, eos_id, matmul, 
   return GenerationResult(tokens=out, num_tokens=count, done=done, cache=cache)
 
 
-_STATIC = ("cfg", "steps", "sampling", "eos_id", "matmul", "dtype")
+_STATIC = ("module", "steps", "sampling", "eos_id", "dtype")
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "matmul", "dtype"))
-def _prefill_jit(params, ids, cache, *, cfg, matmul, dtype):
-  return _prefill(cfg, params, ids, cache, matmul, dtype)
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _decode_jit(params, first, cache, key, *, cfg, steps, sampling, eos_id, matmul, dtype):
-  return _decode(cfg, params, first, cache, key, steps=steps, sampling=sampling, eos_id=eos_id, matmul=matmul,
-                 dtype=dtype)
+@functools.partial(jax.jit, static_argnames=("module", "dtype"))
+def _prefill_jit(params, ids, cache, *, module, dtype):
+  return _prefill(module, params, ids, cache, dtype)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _generate_jit(params, ids, cache, key, *, cfg, steps, sampling, eos_id, matmul, dtype):
-  logits, cache = _prefill(cfg, params, ids, cache, matmul, dtype)
+def _decode_jit(params, first, cache, key, *, module, steps, sampling, eos_id, dtype):
+  return _decode(module, params, first, cache, key, steps=steps, sampling=sampling, eos_id=eos_id, dtype=dtype)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _generate_jit(params, ids, cache, key, *, module, steps, sampling, eos_id, dtype):
+  logits, cache = _prefill(module, params, ids, cache, dtype)
   k0, key = jax.random.split(key)
   first = sample_logits(logits, sampling, k0)
-  return _decode(cfg, params, first, cache, key, steps=steps, sampling=sampling, eos_id=eos_id, matmul=matmul,
-                 dtype=dtype)
+  return _decode(module, params, first, cache, key, steps=steps, sampling=sampling, eos_id=eos_id, dtype=dtype)
 
 
 def _check_common(cfg, params, sampling, key, eos_id, dtype, what):
   if not isinstance(params, dict) or "embed_tokens" not in params:
-    raise TypeError(f"{what}: params must be the Llama 'params' dict (with 'embed_tokens', 'layers_0', ...), got "
+    raise TypeError(f"{what}: params must be the LlamaLM 'params' dict (with 'embed_tokens', 'layers_0', ...), got "
                     f"{type(params).__name__}; pass the params collection itself, not {{'params': ...}}.")
   if not isinstance(sampling, SamplingConfig):
     raise TypeError(f"{what}: sampling must be a SamplingConfig, got {type(sampling).__name__}.")
@@ -189,7 +180,8 @@ def generate(model: Any, params: dict, prompt_ids, *, max_new_tokens: int, max_l
   """Prefill + decode in one jit-compiled call (compiled once per shapes / static settings).
 
   Args:
-    model: a LlamaConfig or a model with one (``jquant.models.SmolLM2``; its ``matmul`` is used unless given).
+    model: a LlamaConfig or a model built on LlamaLM (``jquant.models.LlamaModel`` / ``SmolLM2``; its ``matmul``
+      is used unless given).
     params: float params, or params from ``jq.quantize_params`` / GPTQ / AWQ (QArray or PreparedWeight kernels,
       optionally a QArray embedding).
     prompt_ids: (B, T) int token ids (rows of equal length).
@@ -205,7 +197,7 @@ def generate(model: Any, params: dict, prompt_ids, *, max_new_tokens: int, max_l
   Returns:
     `GenerationResult` with tokens (B, N).
   """
-  cfg, model_matmul = model_config(model)
+  module, cfg = model_config(model, matmul)
   ids = _check_ids(prompt_ids, "generate", cfg.vocab_size)
   max_len = ids.shape[1] + max_new_tokens - 1 if max_len is None and isinstance(max_new_tokens, int) else max_len
   _check_steps(max_new_tokens, ids.shape[1], max_len, "generate")
@@ -213,8 +205,8 @@ def generate(model: Any, params: dict, prompt_ids, *, max_new_tokens: int, max_l
     raise TypeError(f"generate: cache_config must be a KVCacheConfig, got {type(cache_config).__name__}.")
   key, dtype = _check_common(cfg, params, sampling, key, eos_id, dtype, "generate")
   cache = new_cache(cfg, cache_config, ids.shape[0], max_len)
-  return _generate_jit(params, ids, cache, key, cfg=cfg, steps=max_new_tokens, sampling=sampling, eos_id=eos_id,
-                       matmul=matmul or model_matmul, dtype=dtype)
+  return _generate_jit(params, ids, cache, key, module=module, steps=max_new_tokens, sampling=sampling,
+                       eos_id=eos_id, dtype=dtype)
 
 
 def prefill(model: Any, params: dict, prompt_ids, cache: KVCache, *, matmul: MatmulFn | None = None,
@@ -224,7 +216,7 @@ def prefill(model: Any, params: dict, prompt_ids, cache: KVCache, *, matmul: Mat
   Returns:
     (last-position logits (B, vocab) float32, the cache with ``length == T``).
   """
-  cfg, model_matmul = model_config(model)
+  module, cfg = model_config(model, matmul)
   ids = _check_ids(prompt_ids, "prefill", cfg.vocab_size)
   if not isinstance(cache, KVCache):
     raise TypeError(f"prefill: cache must be a KVCache (see new_cache), got {type(cache).__name__}.")
@@ -232,7 +224,7 @@ def prefill(model: Any, params: dict, prompt_ids, cache: KVCache, *, matmul: Mat
     raise ValueError(f"prefill: the prompt has {ids.shape[1]} tokens, longer than the cache (max_len="
                      f"{cache.max_len}); raise max_len or shorten the prompt.")
   _, dtype = _check_common(cfg, params, SamplingConfig(), None, None, dtype, "prefill")
-  return _prefill_jit(params, ids, cache, cfg=cfg, matmul=matmul or model_matmul, dtype=dtype)
+  return _prefill_jit(params, ids, cache, module=module, dtype=dtype)
 
 
 def decode(model: Any, params: dict, first_token, cache: KVCache, *, max_new_tokens: int,
@@ -240,7 +232,7 @@ def decode(model: Any, params: dict, first_token, cache: KVCache, *, max_new_tok
            matmul: MatmulFn | None = None, dtype=None) -> GenerationResult:
   """Decodes after `prefill`: ``first_token`` (B,) is emitted as token 0, then max_new_tokens - 1 more are
   produced by one jit-compiled ``lax.while_loop``."""
-  cfg, model_matmul = model_config(model)
+  module, cfg = model_config(model, matmul)
   if not isinstance(cache, KVCache):
     raise TypeError(f"decode: cache must be a KVCache (see new_cache), got {type(cache).__name__}.")
   first = jnp.asarray(first_token)
@@ -256,5 +248,5 @@ def decode(model: Any, params: dict, first_token, cache: KVCache, *, max_new_tok
                        f"tokens needs {max_new_tokens - 1} more (and a prefilled cache). Use a cache with max_len "
                        f">= {used + max_new_tokens - 1} or ask for fewer tokens.")
   key, dtype = _check_common(cfg, params, sampling, key, eos_id, dtype, "decode")
-  return _decode_jit(params, first.astype(jnp.int32), cache, key, cfg=cfg, steps=max_new_tokens, sampling=sampling,
-                     eos_id=eos_id, matmul=matmul or model_matmul, dtype=dtype)
+  return _decode_jit(params, first.astype(jnp.int32), cache, key, module=module, steps=max_new_tokens,
+                     sampling=sampling, eos_id=eos_id, dtype=dtype)

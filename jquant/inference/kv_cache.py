@@ -311,7 +311,7 @@ def read_layer(cache: KVCache, layer: int, upto: int | None = None):
   """(k, v, k_scale, v_scale) of one layer, positions [0, upto) (all when None); scales None for float caches.
 
   8-bit caches return values in storage dtype with their per-token scales: attention multiplies by the scales
-  itself (see ``llama_cached.cached_attention``), so the dequantized cache is never materialised. 4-bit caches
+  itself (see ``jquant.models.layers.attention``), so the dequantized cache is never materialised. 4-bit caches
   return the decoded float32 values and None scales.
   """
   sl = slice(None) if upto is None else slice(0, upto)

@@ -17,15 +17,18 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jquant.models.layers import Embed, Linear, MatmulFn
+from jquant.models.blockwise import ArchConfig, BlockwiseBase, PyTree, run_method
+from jquant.models.layers import Embed, Linear, MatmulFn, attention
+from jquant.ptq.scaling import ScalePlan, ScaleTarget
 
-__all__ = ["BertConfig", "BertBlock", "BertEncoder", "mean_pool_normalize"]
+__all__ = ["BertConfig", "BertBlock", "BertEncoder", "BertModel", "mean_pool_normalize"]
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
-  """Hyper-parameters. Defaults are all-MiniLM-L6-v2."""
+class BertConfig(ArchConfig):
+  """Hyper-parameters of the BERT architecture. Defaults are the all-MiniLM-L6-v2 preset."""
 
   vocab_size: int = 30522
   hidden: int = 384
@@ -36,14 +39,10 @@ class BertConfig:
   type_vocab_size: int = 2
   ln_eps: float = 1e-12
 
+  _sizes = ("max_positions", "type_vocab_size")
+
   def __post_init__(self):
-    for f in ("vocab_size", "hidden", "intermediate", "num_layers", "num_heads", "max_positions",
-              "type_vocab_size"):
-      v = getattr(self, f)
-      if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-        raise ValueError(f"BertConfig.{f} must be a positive int, got {v!r}.")
-    if self.hidden % self.num_heads:
-      raise ValueError(f"BertConfig: hidden ({self.hidden}) must be divisible by num_heads ({self.num_heads}).")
+    super().__post_init__()
     if not self.ln_eps > 0.0:
       raise ValueError(f"BertConfig.ln_eps must be > 0, got {self.ln_eps}.")
 
@@ -73,16 +72,11 @@ class BertSelfAttention(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     cfg = self.config
     bsz, t, _ = x.shape
-    nh, hd = cfg.num_heads, cfg.hidden // cfg.num_heads
+    nh, hd = cfg.num_heads, cfg.head_dim
     lin = lambda name: Linear(cfg.hidden, matmul=self.matmul, name=name)
-    q = lin("query")(x).reshape(bsz, t, nh, hd)
-    k = lin("key")(x).reshape(bsz, t, nh, hd)
-    v = lin("value")(x).reshape(bsz, t, nh, hd)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=jax.lax.Precision.HIGHEST) / jnp.sqrt(hd)
-    logits = jnp.where(mask[:, None, None, :], logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, precision=jax.lax.Precision.HIGHEST).reshape(bsz, t, cfg.hidden)
-    return lin("output")(out)
+    q, k, v = (lin(n)(x).reshape(bsz, t, nh, hd) for n in ("query", "key", "value"))
+    out = attention(q, k, v, mask[:, None, :])          # every query sees the real (unpadded) keys
+    return lin("output")(out.reshape(bsz, t, cfg.hidden))
 
 
 class BertBlock(nn.Module):
@@ -145,3 +139,87 @@ class BertEncoder(nn.Module):
 def linear_groups() -> Sequence[Sequence[str]]:
   return (("attention/query", "attention/key", "attention/value"), ("attention/output",), ("intermediate",),
           ("output",))
+
+
+def _check_batch(batch: Any) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  if not isinstance(batch, dict) or "input_ids" not in batch or "attention_mask" not in batch:
+    keys = f" with keys {sorted(batch)}" if isinstance(batch, dict) else ""
+    raise TypeError(f"BertModel batch must be a dict with 'input_ids' and 'attention_mask' (B, T) arrays (as "
+                    f"encode_batch returns), got {type(batch).__name__}{keys}.")
+  ids, mask = batch["input_ids"], batch["attention_mask"]
+  if ids.ndim != 2 or ids.shape != mask.shape:
+    raise ValueError(f"BertModel batch: input_ids {ids.shape} and attention_mask {mask.shape} must be equal (B, T).")
+  return ids, mask, batch.get("token_type_ids")
+
+
+class BertModel(BlockwiseBase):
+  """A BERT encoder with mean pooling as a BlockwiseModel (``MiniLM`` is this class under its preset's name).
+
+  A batch is a dict with ``"input_ids"`` and ``"attention_mask"`` (B, T) int arrays (optional ``"token_type_ids"``),
+  as ``encode_batch`` returns.
+
+  Args:
+    config: architecture (default: all-MiniLM-L6-v2).
+    matmul: optional hashable ``matmul(x, kernel)`` used by every Linear.
+    tokenizer: optional ``tokenizers.Tokenizer`` (``load_minilm`` / ``from_pretrained`` load ``tokenizer.json``).
+  """
+
+  config_type, module_type, block_type, block_prefix = BertConfig, BertEncoder, BertBlock, "layer_"
+
+  def init(self, rng: jax.Array, seq_len: int = 8) -> PyTree:
+    """Random params (for tests and tiny configs)."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return jax.jit(self.module.init)(rng, ids, jnp.ones_like(ids))["params"]
+
+  def scale_plan(self, groups) -> ScalePlan | None:
+    """AWQ / SmoothQuant fold targets (`jquant.ptq.scaling`). BERT is post-LN: the LayerNorm output is the
+    residual stream, so the LN-fed groups take an explicit input_scale; value -> attention output folds exactly."""
+    if len(groups) != 4:
+      return None
+    return ScalePlan((ScaleTarget("input_scale", None, True), ScaleTarget("linear", "attention/value"),
+                      ScaleTarget("input_scale", None, True), ScaleTarget("input_scale")),
+                     frozenset({"attention/query", "attention/key"}))
+
+  def linear_groups(self) -> Sequence[Sequence[str]]:
+    return linear_groups()
+
+  def embed(self, params: PyTree, batch: PyTree) -> tuple[jax.Array, PyTree]:
+    return run_method(self.module, params, BertEncoder.embed, *_check_batch(batch))
+
+  def _block_args(self, ctx: PyTree) -> tuple:
+    return (ctx["mask"],)
+
+  def head(self, params: PyTree, hidden: jax.Array, ctx: PyTree) -> jax.Array:
+    """(B, T, hidden) -> (B, hidden) mean-pooled, L2-normalised embeddings."""
+    return mean_pool_normalize(hidden, ctx["mask"])
+
+  def apply(self, params: PyTree, batch: PyTree) -> jax.Array:
+    """Batch -> (B, hidden) unit-norm sentence embeddings."""
+    self._check_params(params)
+    return self.module.apply({"params": params}, *_check_batch(batch))
+
+  def encode_batch(self, texts: Sequence[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
+    """Tokenizes ``texts`` ([CLS] ... [SEP], truncated as the tokenizer says: 256 tokens for MiniLM) and right-pads.
+
+    Args:
+      texts: B strings.
+      pad_to: pad length T (>= the longest encoding); default: the longest encoding.
+
+    Returns:
+      {"input_ids", "attention_mask", "token_type_ids"}: (B, T) int32 arrays.
+    """
+    tokenizer = self._tokenizer("encode_batch")
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts) or not texts:
+      raise TypeError(f"BertModel.encode_batch: texts must be a non-empty sequence of str, got "
+                      f"{type(texts).__name__}.")
+    encs = tokenizer.encode_batch(list(texts))
+    longest = max(len(e.ids) for e in encs)
+    t = longest if pad_to is None else pad_to
+    if not isinstance(t, int) or t < longest:
+      raise ValueError(f"BertModel.encode_batch: pad_to={pad_to!r} is shorter than the longest encoding ({longest}).")
+    ids = np.zeros((len(encs), t), np.int32)
+    mask = np.zeros((len(encs), t), np.int32)
+    for r, e in enumerate(encs):
+      ids[r, :len(e.ids)] = e.ids
+      mask[r, :len(e.ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}

@@ -14,20 +14,55 @@ from jquant.models.layers import Linear
 PyTree = Any
 
 
-class BlockwiseBase(abc.ABC):
-  """Holds a full Linen model and its (homogeneous) block module; subclasses say how to call them.
+class ArchConfig:
+  """What every architecture's frozen config dataclass checks and derives (a mixin): sizes are positive ints
+  (``vocab_size``, ``hidden``, ``intermediate``, ``num_layers``, ``num_heads`` and the subclass's ``_sizes``), the
+  heads divide the width; ``head_dim``."""
 
-  Subclasses set ``self.module`` (the full model), ``self._block`` (one block module, unnamed), ``self._prefix``
-  (block param key prefix) and ``self._num_blocks`` before calling ``super().__init__()``, and implement
+  _sizes: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    name = type(self).__name__
+    for f in ("vocab_size", "hidden", "intermediate", "num_layers", "num_heads") + self._sizes:
+      v = getattr(self, f)
+      if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ValueError(f"{name}.{f} must be a positive int, got {v!r}.")
+    if self.hidden % self.num_heads:
+      raise ValueError(f"{name}: hidden ({self.hidden}) must be divisible by num_heads ({self.num_heads}).")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden // self.num_heads
+
+
+class BlockwiseBase(abc.ABC):
+  """An architecture as a BlockwiseModel: its config, full Linen model and (homogeneous) block module.
+
+  Subclasses set the class attributes ``config_type`` (the config dataclass, whose no-argument default is the
+  architecture's preset), ``module_type`` / ``block_type`` (Linen modules built as ``(config, matmul)``) and
+  ``block_prefix`` (block param key prefix, blocks ``{prefix}0 .. {prefix}{config.num_layers - 1}``), and implement
   ``embed``, ``_block_args``, ``head`` and ``apply``.
+
+  Args:
+    config: a ``config_type`` (None: its defaults).
+    matmul: optional hashable ``matmul(x, kernel)`` used by every Linear (see ``jquant.models.layers.Linear``).
+    tokenizer: optional ``tokenizers.Tokenizer``.
   """
 
-  module: nn.Module
-  _block: nn.Module
-  _prefix: str
-  _num_blocks: int
+  config_type: type
+  module_type: type
+  block_type: type
+  block_prefix: str
 
-  def __init__(self):
+  def __init__(self, config: Any = None, matmul: Callable | None = None, tokenizer: Any = None):
+    name = type(self).__name__
+    config = self.config_type() if config is None else config
+    if not isinstance(config, self.config_type):
+      raise TypeError(f"{name}: config must be a {self.config_type.__name__}, got {type(config).__name__}.")
+    self.config, self.matmul, self.tokenizer = config, matmul, tokenizer
+    self.module: nn.Module = self.module_type(config, matmul)
+    self._block: nn.Module = self.block_type(config, matmul)
+    self._prefix, self._num_blocks = self.block_prefix, config.num_layers
     self._jit_embed = jax.jit(self.embed)
     self._jit_block = jax.jit(self._run_block)
     self._jit_head = jax.jit(self.head)
@@ -98,6 +133,12 @@ class BlockwiseBase(abc.ABC):
     """
     hidden, ctx = self.hidden_states(params, batch)
     return self._jit_head(params, hidden, ctx)
+
+  def _tokenizer(self, what: str) -> Any:
+    if self.tokenizer is None:
+      raise ValueError(f"{type(self).__name__}.{what}: this model has no tokenizer; load it with its loader "
+                       "(load_smollm2 / load_minilm / from_pretrained) or pass tokenizer= to the constructor.")
+    return self.tokenizer
 
   def _check_params(self, params: PyTree) -> None:
     if not isinstance(params, dict) and not hasattr(params, "keys"):

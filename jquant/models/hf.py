@@ -1,6 +1,6 @@
 """Hugging Face model folders <-> jquant models.
 
-    model, params = jquant.models.from_pretrained("path/to/hf_dir")     # Llama/Qwen2 -> SmolLM2, BERT -> MiniLM
+    model, params = jquant.models.from_pretrained("path/to/hf_dir")     # Llama/Qwen2 -> LlamaModel, BERT -> BertModel
     jquant.models.export_pretrained(model, qparams, "out_dir", fmt="compressed-tensors")
 
 Quantized checkpoints (GPTQ, AWQ GEMM, compressed-tensors) load straight into ``QArray`` kernels that run through
@@ -15,10 +15,10 @@ from typing import Any
 
 from jquant.interop import export as _export
 from jquant.interop import import_ as _import
-from jquant.models import bert, llama
+from jquant.models.bert import BertConfig, BertModel
 from jquant.models.layers import MatmulFn
-from jquant.models.minilm import MAX_TOKENS, MiniLM
-from jquant.models.smollm2 import SmolLM2
+from jquant.models.llama import LlamaConfig, LlamaModel
+from jquant.models.minilm import MAX_TOKENS
 
 __all__ = ["from_pretrained", "export_pretrained", "is_hf_dir", "hf_kind"]
 
@@ -39,9 +39,9 @@ def from_pretrained(path: str | Path, matmul: MatmulFn | None = None) -> tuple[A
   """Loads a local Hugging Face folder (config.json, model.safetensors or an index, tokenizer.json).
 
   Returns:
-    (model, params): a ``SmolLM2`` for Llama-family causal LMs, a ``MiniLM`` for BERT encoders; params hold float32
-    arrays, and ``QArray`` kernels for GPTQ / AWQ / compressed-tensors checkpoints. ``model.hf_notes`` says how each
-    linear layer was loaded.
+    (model, params): a ``LlamaModel`` for Llama-family causal LMs, a ``BertModel`` for BERT encoders; params hold
+    float32 arrays, and ``QArray`` kernels for GPTQ / AWQ / compressed-tensors checkpoints. ``model.hf_notes`` says
+    how each linear layer was loaded.
   """
   hf = _import.load_hf(path)
   tk = None
@@ -49,12 +49,12 @@ def from_pretrained(path: str | Path, matmul: MatmulFn | None = None) -> tuple[A
     from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
     tk = Tokenizer.from_file(str(hf.tokenizer_file))
   if hf.kind == "llama":
-    model = SmolLM2(llama.LlamaConfig(**hf.settings), matmul=matmul, tokenizer=tk)
+    model = LlamaModel(LlamaConfig(**hf.settings), matmul=matmul, tokenizer=tk)
   else:
     if tk is not None:
       tk.no_padding()
       tk.enable_truncation(max_length=min(MAX_TOKENS, hf.settings["max_positions"]))
-    model = MiniLM(bert.BertConfig(**hf.settings), matmul=matmul, tokenizer=tk)
+    model = BertModel(BertConfig(**hf.settings), matmul=matmul, tokenizer=tk)
   model.hf_notes = hf.notes
   model.hf_special_ids = (hf.config.get("bos_token_id"), hf.config.get("eos_token_id"))
   return model, hf.params
@@ -74,14 +74,16 @@ def _smollm2_special_ids() -> tuple[int | None, int | None]:
 
 def export_pretrained(model: Any, params: dict, out_dir: str | Path, fmt: str = "float",
                       bos_eos_ids: tuple[int | None, int | None] | None = None) -> dict[str, str]:
-  """Writes ``params`` of a ``SmolLM2`` / ``MiniLM`` as a Hugging Face folder in ``fmt`` (float,
-  compressed-tensors, gptq, awq); see ``jquant.interop.export``. Returns {HF module: how it was written}."""
-  if isinstance(model, SmolLM2):
+  """Writes ``params`` of a ``LlamaModel`` / ``BertModel`` (``SmolLM2`` / ``MiniLM``) as a Hugging Face folder in
+  ``fmt`` (float, compressed-tensors, gptq, awq); see ``jquant.interop.export``. Returns {HF module: how it was
+  written}."""
+  if isinstance(model, LlamaModel):
     kind = "llama"
-  elif isinstance(model, MiniLM):
+  elif isinstance(model, BertModel):
     kind = "bert"
   else:
-    raise TypeError(f"export_pretrained: expected a SmolLM2 or MiniLM model, got {type(model).__name__}.")
+    raise TypeError(f"export_pretrained: expected a LlamaModel (SmolLM2) or BertModel (MiniLM), got "
+                    f"{type(model).__name__}.")
   settings = dataclasses.asdict(model.config)
   if settings.pop("rotate_down", False):
     raise ValueError("export_pretrained: this model computes an online Hadamard transform before down_proj "

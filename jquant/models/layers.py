@@ -1,4 +1,4 @@
-"""The one linear layer every jquant model uses.
+"""What every jquant model is built from: the one linear layer, the one attention and the (QArray-aware) embedding.
 
 Why Flax **Linen** (not NNX) for the real models: the sequential PTQ pipeline captures the input of every linear
 layer with ``flax.linen.intercept_methods`` (see ``jquant/ptq/protocol.py``), parameters are plain nested dicts (a
@@ -18,10 +18,12 @@ import jax.numpy as jnp
 from jquant.core import QArray, dequantize
 from jquant.ops import qmatmul
 
-__all__ = ["Embed", "Linear", "MatmulFn", "default_matmul", "embed_rows"]
+__all__ = ["Embed", "Linear", "MatmulFn", "attention", "default_matmul", "embed_rows"]
 
 # matmul(x, kernel) -> y with x (..., in), kernel (in, out) a plain array or a jquant.QArray, y (..., out).
 MatmulFn = Callable[[jax.Array, Any], jax.Array]
+
+_HI = jax.lax.Precision.HIGHEST
 
 
 # x @ kernel for a float kernel, jquant.ops.qdot for a QArray / PreparedWeight (one definition: jquant.ops.qmatmul)
@@ -77,6 +79,41 @@ class Linear(nn.Module):
     return y
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array, k_scale: jax.Array | None = None,
+              v_scale: jax.Array | None = None) -> jax.Array:
+  """Softmax attention with grouped-query heads, over float keys / values or a quantized cache's values + scales.
+
+  The one attention of the models (Llama causal, with or without a KV cache; BERT with a padding mask).
+
+  Args:
+    q: (B, t, H, D) queries.
+    k, v: (B, S, G, D) keys / values (a cache's storage dtype is cast to q's), G kv heads dividing H (query head
+      h uses kv head h // (H / G)).
+    visible: bool (t, S) or (B, t, S) (size-1 axes broadcast): query i attends to key j where True.
+    k_scale, v_scale: (B, S, G, 1) float32 per-token scales of a quantized cache, or None: applied to the logits
+      (keys) and to the probabilities (values), so the dequantized cache is never materialised.
+
+  Returns:
+    (B, t, H, D) in q's dtype; logits and softmax in float32.
+  """
+  bsz, t, nh, hd = q.shape
+  g = k.shape[2]
+  dt = q.dtype
+  qg = q.reshape(bsz, t, g, nh // g, hd)
+  logits = jnp.einsum("bqgrd,bkgd->bgrqk", qg, k.astype(dt), precision=_HI) / jnp.sqrt(hd)
+  if k_scale is not None:
+    logits = logits.astype(jnp.float32) * jnp.transpose(k_scale[..., 0], (0, 2, 1))[:, :, None, None, :]
+  visible = jnp.asarray(visible)
+  if visible.ndim == 3:                     # (B, t, S) -> (B, 1, 1, t, S) against logits (B, G, H / G, t, S)
+    visible = visible[:, None, None]
+  logits = jnp.where(visible, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1)
+  if v_scale is not None:
+    probs = probs * jnp.transpose(v_scale[..., 0], (0, 2, 1))[:, :, None, None, :]
+  out = jnp.einsum("bgrqk,bkgd->bqgrd", probs.astype(dt), v.astype(dt), precision=_HI)
+  return out.reshape(bsz, t, nh, hd)
+
+
 def embed_rows(emb: Any, ids: jax.Array, dtype) -> jax.Array:
   """(B, T) ids -> (B, T, hidden) rows of a float or QArray (vocab, hidden) table, in ``dtype``.
 
@@ -118,11 +155,11 @@ class Embed(nn.Module):
       raise ValueError(f"Embed {'/'.join(self.path)}: table has shape {tuple(self.embedding.shape)}, expected "
                        f"(vocab, hidden) = {(self.num_embeddings, self.features)}; check the params match the config.")
 
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    """(..., T) int ids -> (..., T, features) float32 rows."""
+  def __call__(self, ids: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """(..., T) int ids -> (..., T, features) rows in ``dtype`` (float32 by default)."""
     if not jnp.issubdtype(ids.dtype, jnp.integer):
       raise ValueError(f"Embed {'/'.join(self.path)}: input ids must be integers, got {ids.dtype}.")
-    return embed_rows(self.embedding, ids, jnp.float32)
+    return embed_rows(self.embedding, ids, dtype)
 
   def table(self, dtype) -> jax.Array:
     """The (vocab, hidden) table in ``dtype`` (dequantized when it is a QArray): the tied LM head's weight."""

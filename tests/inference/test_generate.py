@@ -146,8 +146,8 @@ def test_compiles_once_and_loop_is_one_program(rng):
   assert dict(gen.TRACE_COUNTS) == before
   # The whole generation (prefill + every decode step) is one XLA program with one while loop and no callbacks.
   cache = new_cache(model, cache_cfg, 2, 12)
-  jaxpr = jax.make_jaxpr(lambda p, i, c: gen._generate_jit(p, i, c, jax.random.key(0), cfg=TINY, steps=7,
-                                                           sampling=SamplingConfig(), eos_id=None, matmul=None,
+  jaxpr = jax.make_jaxpr(lambda p, i, c: gen._generate_jit(p, i, c, jax.random.key(0), module=model.module,
+                                                           steps=7, sampling=SamplingConfig(), eos_id=None,
                                                            dtype=jnp.float32))(params, _prompt(rng), cache)
   text = str(jaxpr)
   assert text.count("while[") == 1
@@ -189,14 +189,3 @@ def test_bad_inputs(rng):
   _, full = prefill(model, params, prompt[:, :3], cache)
   with pytest.raises(ValueError, match=r"cache holds 3 positions of 4; decoding 3 tokens needs 2 more"):
     decode(model, params, jnp.zeros((1,), jnp.int32), full, max_new_tokens=3)
-
-
-@pytest.mark.parametrize("change", [dict(qkv_bias=True), dict(o_bias=True), dict(tie_embeddings=False)])
-def test_cached_runtime_refuses_what_it_cannot_compute(change):
-  import dataclasses as _dc
-  from jquant.inference.generation import model_config
-  from jquant.models.llama import LlamaConfig
-  cfg = _dc.replace(LlamaConfig(vocab_size=64, hidden=32, intermediate=64, num_layers=1, num_heads=4,
-                                num_kv_heads=2), **change)
-  with pytest.raises(ValueError, match="cached inference runtime does not support"):
-    model_config(cfg)

@@ -153,3 +153,23 @@ def test_token_ids_outside_the_vocabulary_are_errors(tiny, bad):
     model.apply(params, jnp.asarray(ids))
   with pytest.raises(ValueError, match="outside the vocabulary"):
     model.embed(params, jnp.asarray(ids))
+
+
+def test_presets_are_the_architectures():
+  from jquant.models import BertConfig, BertModel, LlamaModel, MiniLM
+  assert SmolLM2 is LlamaModel and MiniLM is BertModel          # the old names stay (aliases)
+  assert LlamaModel().config == LlamaConfig() and BertModel().config == BertConfig()
+  assert LlamaConfig().head_dim == 64 and BertConfig().head_dim == 32     # SmolLM2-135M, all-MiniLM-L6-v2
+  with pytest.raises(TypeError, match="BertModel: config must be a BertConfig, got LlamaConfig"):
+    BertModel(LlamaConfig())
+
+
+def test_generate_greedy_is_a_deprecated_call_into_generate(tiny, rng):
+  from jquant.inference import generate
+  model, params = tiny
+  prompt = [int(i) for i in rng.integers(0, TINY_LLAMA.vocab_size, 5)]
+  with pytest.warns(DeprecationWarning, match="use jquant.inference.generate"):
+    out = model.generate_greedy(params, prompt, 4)
+  assert out == [int(t) for t in generate(model, params, np.asarray([prompt]), max_new_tokens=4).tokens[0]]
+  with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="prompt_ids is empty"):
+    model.generate_greedy(params, [], 4)

@@ -49,7 +49,8 @@ def test_smollm2_tokenizer_and_greedy_paris(smollm2):
   assert ids == [504, 3575, 282, 4649, 314]
   assert model.decode(ids) == "The capital of France is"
   assert model.encode("2024") == [34, 32, 34, 36]  # digits split one by one
-  out = model.generate_greedy(params, ids, 2)
+  with pytest.warns(DeprecationWarning, match="generate_greedy is deprecated"):
+    out = model.generate_greedy(params, ids, 2)     # the old name: a thin call into jquant.inference.generate
   assert model.decode(out).startswith(" Paris")
   assert params["layers_0"]["self_attn"]["k_proj"]["kernel"].shape == (576, 192)
   assert params["embed_tokens"]["embedding"].shape == (49152, 576)
