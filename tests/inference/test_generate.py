@@ -171,8 +171,8 @@ def test_bad_inputs(rng):
     generate(model, params, prompt, max_new_tokens=2, sampling=SamplingConfig(temperature=1.0))
   with pytest.raises(ValueError, match=r"eos_id must be None or a token id in \[0, 67\)"):
     generate(model, params, prompt, max_new_tokens=2, eos_id=67)
-  with pytest.raises(ValueError, match=r"unsupported cache dtype 'int4'"):
-    generate(model, params, prompt, max_new_tokens=2, cache_config=KVCacheConfig("int4"))
+  with pytest.raises(ValueError, match=r"unsupported cache dtype 'int3'"):
+    generate(model, params, prompt, max_new_tokens=2, cache_config=KVCacheConfig("int3"))
   with pytest.raises(TypeError, match=r"cache_config must be a KVCacheConfig"):
     generate(model, params, prompt, max_new_tokens=2, cache_config="int8")
   with pytest.raises(TypeError, match=r"LlamaConfig"):
