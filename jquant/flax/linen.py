@@ -34,6 +34,7 @@ from flax.linen import dtypes as linen_dtypes
 from flax.linen import initializers
 
 from jquant import rules
+from jquant.core.paths import join
 from jquant.core.qarray import QArray
 from jquant.core.spec import QuantSpec
 from jquant.flax import _quant
@@ -247,7 +248,7 @@ class QuantizedModel:
     initializing = not mod.has_variable("params", "kernel")
     out = next_fun(*args, **kwargs) if initializing else None   # creates the params
     kernel = mod.get_variable("params", "kernel")
-    path = "/".join((*mod.path, "kernel"))
+    path = join((*mod.path, "kernel"))
     spec = None if isinstance(kernel, QArray) else _rule_spec(self.cfg, path, jnp.ndim(kernel))
     if spec is None and not isinstance(kernel, QArray):
       return out if initializing else next_fun(*args, **kwargs)
@@ -271,7 +272,7 @@ class QuantizedModel:
       if context.method_name == "__call__" and isinstance(mod, _INTERCEPTED) and mod.has_variable("params",
                                                                                                 "kernel"):
         kernel = mod.get_variable("params", "kernel")
-        path = "/".join((*mod.path, "kernel"))
+        path = join((*mod.path, "kernel"))
         spec = None if isinstance(kernel, QArray) else _rule_spec(self.cfg, path, jnp.ndim(kernel))
         if spec is not None:
           found[path] = spec

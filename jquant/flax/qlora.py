@@ -23,6 +23,7 @@ from jquant.core import calibration_methods as cm
 from jquant.core import granularity as gr
 from jquant.core import qtypes
 from jquant.core.checks import real_scalar
+from jquant.core.paths import flatten, unflatten
 from jquant.core.quantize import dequantize, quantize
 from jquant.core.spec import QuantSpec
 
@@ -111,8 +112,8 @@ def load_qlora_base(init_variables: dict, trained_params: dict, *, spec: QuantSp
   Raises:
     ValueError: a QLoRA layer whose path has no trained kernel, or shapes that differ.
   """
-  flat_params = _flatten(trained_params)
-  base = _flatten(init_variables.get("qlora_base", {}))
+  flat_params = flatten(trained_params)
+  base = flatten(init_variables.get("qlora_base", {}))
   new_base = {}
   for path, leaf in base.items():
     module, name = path.rsplit("/", 1)
@@ -129,7 +130,7 @@ def load_qlora_base(init_variables: dict, trained_params: dict, *, spec: QuantSp
       new_base[path] = quantize(jnp.asarray(src, jnp.float32), spec or leaf.spec)
     else:
       new_base[path] = jnp.asarray(src, jnp.float32)
-  params = _flatten(init_variables["params"])
+  params = flatten(init_variables["params"])
   for path, v in flat_params.items():
     if path in params:
       if tuple(params[path].shape) != tuple(v.shape):
@@ -137,29 +138,8 @@ def load_qlora_base(init_variables: dict, trained_params: dict, *, spec: QuantSp
                          f"{tuple(params[path].shape)} in the QLoRA model.")
       params[path] = jnp.asarray(v, params[path].dtype)
   out = dict(init_variables)
-  out["params"] = _unflatten(params)
-  out["qlora_base"] = _unflatten(new_base)
-  return out
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def _unflatten(flat: dict[str, Any]) -> dict:
-  out: dict = {}
-  for path, v in flat.items():
-    node = out
-    *parents, leaf = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
+  out["params"] = unflatten(params)
+  out["qlora_base"] = unflatten(new_base)
   return out
 
 

@@ -29,6 +29,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from jquant.core.paths import get_in
 from jquant.core.qarray import QArray
 from jquant.interop import codecs, hf_config
 from jquant.interop.records import qarray_to_record
@@ -40,20 +41,9 @@ FORMATS = ("float", "compressed-tensors", "gptq", "awq")
 
 
 def _get(tree: dict, path: str) -> Any:
-  node = tree
-  for k in path.split("/"):
-    if not isinstance(node, dict) or k not in node:
-      raise ValueError(f"params lack {path!r}; does the tree belong to this model config?")
-    node = node[k]
+  if (node := get_in(tree, path, None)) is None:
+    raise ValueError(f"params lack {path!r}; does the tree belong to this model config?")
   return node
-
-
-def _has(tree: dict, path: str) -> bool:
-  try:
-    _get(tree, path)
-    return True
-  except ValueError:
-    return False
 
 
 def _host_float(a: Any, name: str) -> np.ndarray:
@@ -103,7 +93,7 @@ def export_hf(params: dict, kind: str, settings: dict[str, Any], out_dir: str | 
       w = _host_float(kernel, f"{ours}/kernel")
       tensors[f"{module}.weight"] = np.ascontiguousarray((w if inv is None else w[:, inv]).T)
       floats.append(module)
-    if _has(params, f"{ours}/bias"):
+    if get_in(params, f"{ours}/bias", None) is not None:
       b = _host_float(_get(params, f"{ours}/bias"), f"{ours}/bias")
       tensors[f"{module}.bias"] = b if inv is None else b[inv]
   for name, ours in other.items():

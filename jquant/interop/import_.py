@@ -19,6 +19,7 @@ import numpy as np
 
 from jquant.core import granularity as gr
 from jquant.core import qtypes
+from jquant.core.paths import set_in
 from jquant.core.qarray import QArray
 from jquant.core.spec import QuantSpec
 from jquant.interop import codecs, hf_config
@@ -41,14 +42,6 @@ class HFModel:
   tokenizer_file: Path | None
   config: dict[str, Any]        # config.json as read
   notes: dict[str, str]         # module -> how it was loaded (format, bits, ...)
-
-
-def _insert(root: dict, path: str, value) -> None:
-  keys = path.split("/")
-  node = root
-  for k in keys[:-1]:
-    node = node.setdefault(k, {})
-  node[keys[-1]] = value
 
 
 def _linear_shapes(kind: str, kw: dict) -> dict[str, tuple[int, int]]:
@@ -247,14 +240,14 @@ def load_hf(path: str | Path, dtype: str = "float32") -> HFModel:
       kernel = r.get(f"{module}.weight", (n, k)).astype(np.float32).T
       kernel = jnp.asarray(np.ascontiguousarray(kernel if p is None else kernel[:, p]))
       notes[module] = "float"
-    _insert(params, f"{ours}/kernel", kernel)
+    set_in(params, f"{ours}/kernel", kernel, create=True)
     last = module.split(".")[-1]
     if kind == "bert" or (last in ("q_proj", "k_proj", "v_proj") and kw["qkv_bias"]) or \
        (last == "o_proj" and kw["o_bias"]):
       b = r.get(f"{module}.bias", (n,)).astype(np.float32)
-      _insert(params, f"{ours}/bias", jnp.asarray(b if p is None else b[p]))
+      set_in(params, f"{ours}/bias", jnp.asarray(b if p is None else b[p]), create=True)
   for name, ours in other.items():
-    _insert(params, ours, jnp.asarray(r.get(name, _other_shape(kind, kw, name)).astype(np.float32)))
+    set_in(params, ours, create=True, value=jnp.asarray(r.get(name, _other_shape(kind, kw, name)).astype(np.float32)))
   tied_head = kind == "llama" and kw["tie_embeddings"]
   for k in st.keys():
     if k not in r.used and not any(s.match(k) for s in _SKIP) and not (tied_head and k == "lm_head.weight"):

@@ -28,6 +28,7 @@ from jquant.core import packing
 from jquant.core.double_quant import DoubleQuantScale
 from jquant.core.granularity import PerTensor, group_axis
 from jquant.core.mx import NVFP4Scale, fp4_from_codes
+from jquant.core.paths import set_in
 from jquant.core.granularity import scale_shape as _scale_shape
 from jquant.core.qarray import QArray
 from jquant.core.spec_io import spec_from_dict, spec_to_dict
@@ -256,14 +257,6 @@ def to_storage(tree) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   return tensors, {"format": FORMAT, "leaves": leaves}
 
 
-def _insert(root: dict, path: str, value):
-  keys = path.split("/") if path else [""]
-  node = root
-  for k in keys[:-1]:
-    node = node.setdefault(k, {})
-  node[keys[-1]] = value
-
-
 def from_storage(tensors: dict[str, np.ndarray], meta: dict[str, Any], source: str = "checkpoint"):
   """Inverse of `to_storage`: a nested dict tree (sequences come back as dicts keyed '0', '1', ...).
 
@@ -289,7 +282,7 @@ def from_storage(tensors: dict[str, np.ndarray], meta: dict[str, Any], source: s
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError) as err:
       raise ValueError(f"{source}: malformed metadata for leaf {path!r} ({type(err).__name__}: {err}); the file "
                        "is damaged or was not written by this jquant version.") from None
-    _insert(root, path, val)
+    set_in(root, path, val, create=True)
   extra = sorted(set(tensors) - used)
   if extra:
     raise ValueError(f"{source}: {len(extra)} tensors are not described by the metadata (e.g. {extra[0]!r}); the "

@@ -9,26 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from jquant.core.paths import get_in as get_in
+from jquant.core.paths import set_in as set_in
 from jquant.core.qarray import QArray
 from jquant.core.views import MatrixView, qarray_to_matrix
 
 PyTree = Any
-
-
-def get_in(tree: PyTree, path: str) -> Any:
-  node = tree
-  for p in path.split("/"):
-    node = node[p]
-  return node
-
-
-def set_in(tree: PyTree, path: str, value: Any) -> None:
-  """Sets ``tree[a][b]...`` in place (the dicts must be owned: see `copy_dicts`)."""
-  parts = path.split("/")
-  node = tree
-  for p in parts[:-1]:
-    node = node[p]
-  node[parts[-1]] = value
 
 
 def copy_dicts(tree: PyTree) -> PyTree:

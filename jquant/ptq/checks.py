@@ -6,8 +6,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jquant.core.granularity import PerGroup
+from jquant.core.paths import get_in
 from jquant.core.qarray import QArray
-from jquant.ptq.access import get_in
 from jquant.ptq.methods import check_method
 from jquant.ptq.protocol import BlockwiseModel
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import flax.linen as nn
 import numpy as np
 
+from jquant.core.paths import join
+
 
 def capture_linear_inputs(model, params, batches) -> dict[str, np.ndarray]:
   """Inputs (flattened to (tokens, in), concatenated over batches) of every module with a ``kernel`` param in a
@@ -14,7 +16,7 @@ def capture_linear_inputs(model, params, batches) -> dict[str, np.ndarray]:
   def grab(next_fun, args, kwargs, context):
     if context.method_name == "__call__" and context.module.has_variable("params", "kernel") and args:
       x = args[0]
-      seen.setdefault("/".join(context.module.path), []).append(np.asarray(x.reshape(-1, x.shape[-1])))
+      seen.setdefault(join(context.module.path), []).append(np.asarray(x.reshape(-1, x.shape[-1])))
     return next_fun(*args, **kwargs)
 
   for b in batches:

@@ -27,8 +27,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from jquant.core.paths import join
 from jquant.ptq.batches import call_args
-from jquant.ptq.traced import (LinearSite, TracedModel, _Call, _path_str, _Stop, classify_linear,  # noqa: F401
+from jquant.ptq.traced import (LinearSite, TracedModel, _Call, _Stop, classify_linear,  # noqa: F401
                                experts_call, flatten_input)
 
 PyTree = Any
@@ -43,7 +44,7 @@ def linen_intercept(fn):
   def interceptor(next_fun, args, kwargs, context):
     if context.method_name != "__call__":
       return next_fun(*args, **kwargs)
-    return fn(next_fun, args, kwargs, _path_str(context.module.path), context.module)
+    return fn(next_fun, args, kwargs, join(context.module.path), context.module)
 
   return nn.intercept_methods(interceptor)
 
@@ -115,7 +116,7 @@ class LinenModel(TracedModel):
       path = tuple(mod.path)
       site, why = linear_site(mod, args, kwargs)
       out = next_fun(*args, **kwargs)
-      if not self._record(_path_str(path), site, why, args[0] if args else None):
+      if not self._record(join(path), site, why, args[0] if args else None):
         calls.append(_Call(path, mod.clone(parent=None), args, kwargs, out))
       return out
 
@@ -153,7 +154,7 @@ class LinenModel(TracedModel):
         self._forward({"params": params}, batch)
     except _Stop as s:
       return self._outer_values(s) if self.scanned else s.payload
-    raise ValueError(f"quantize_model: block {_path_str(target)} was not called on this batch.")
+    raise ValueError(f"quantize_model: block {join(target)} was not called on this batch.")
 
   def _outer_values(self, stop: _Stop):
     """For an ``nn.scan``-ned block: the scan's own inputs (its initial carry, the broadcast arguments), read from
@@ -167,17 +168,17 @@ class LinenModel(TracedModel):
       tb = tb.tb_next
     if frame_locals is None:
       raise ValueError(f"quantize_model: could not read the inputs of the scanned block "
-                       f"{_path_str(self.block_paths[0])} (unknown Flax scan internals); unroll the layers or pass "
+                       f"{join(self.block_paths[0])} (unknown Flax scan internals); unroll the layers or pass "
                        "blocks=REGEX naming other modules.")
     init_leaves = jax.tree.leaves(frame_locals["init"])
     h_leaves, h_tree = jax.tree.flatten(h)
     outer = init_leaves[len(init_leaves) - len(h_leaves):]
     if [(x.shape, x.dtype) for x in outer] != [(x.shape, x.dtype) for x in h_leaves]:
-      raise ValueError(f"quantize_model: the carry of scanned block {_path_str(self.block_paths[0])} is not its "
+      raise ValueError(f"quantize_model: the carry of scanned block {join(self.block_paths[0])} is not its "
                        "first argument; pass blocks=REGEX or unroll the layers.")
     arg_leaves = jax.tree.leaves(frame_locals["args"])
     if any(not any(d is a for a in arg_leaves) for d in dyn):
-      raise ValueError(f"quantize_model: scanned block {_path_str(self.block_paths[0])} takes per-layer inputs "
+      raise ValueError(f"quantize_model: scanned block {join(self.block_paths[0])} takes per-layer inputs "
                        "(in_axes other than nn.broadcast); only broadcast extra inputs are supported.")
     return jax.tree.unflatten(h_tree, outer), dyn
 

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jquant.core.paths import flatten, get_in, join, unflatten
 from jquant.core.qarray import QArray
 from jquant.ptq.batches import call_args
 from jquant.ptq.runtime import quantized_linear
@@ -49,14 +50,6 @@ _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("jquant_nnx_intercept",
 
 def is_nnx_module(obj) -> bool:
   return isinstance(obj, nnx.Module)
-
-
-def _key(k) -> str:
-  return str(getattr(k, "key", k))
-
-
-def _path(parts) -> str:
-  return "/".join(_key(k) for k in parts)
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,17 +109,17 @@ class _Graph:
 
   def __init__(self, module):
     self.graphdef, params, self.rest = nnx.split(module, nnx.Param, ...)
-    self.flat = [(tuple(kp), _path(kp), var) for kp, var in nnx.to_flat_state(params)]
+    self.flat = [(tuple(kp), join(kp), var) for kp, var in nnx.to_flat_state(params)]
     self.keys = {s for _, s, _ in self.flat}
 
   def to_dict(self, state, what: str = "params") -> dict:
     """A nested dict (string keys) of the values of ``state`` (an nnx.State or a pure dict); entries named
     ``input_scale`` beside a kernel are kept, anything else unknown is an error."""
     if isinstance(state, nnx.State):
-      items = [(_path(kp), v.get_value() if isinstance(v, nnx.Variable) else v) for kp, v in nnx.to_flat_state(state)]
+      items = [(join(kp), v.get_value() if isinstance(v, nnx.Variable) else v)
+               for kp, v in nnx.to_flat_state(state)]
     elif isinstance(state, dict):
-      items = [(_path(kp), v) for kp, v in jax.tree_util.tree_flatten_with_path(
-          state, is_leaf=lambda a: isinstance(a, QArray))[0]]
+      items = list(flatten(state).items())
     else:
       raise TypeError(f"{what} must be nnx.state(model, nnx.Param) (an nnx.State), got {type(state).__name__}.")
     got = {p for p, _ in items}
@@ -137,23 +130,16 @@ class _Graph:
       raise ValueError(f"{what} do not match the model's nnx.Param state: missing {missing[:4]}, unexpected "
                        f"{extra[:4]}; pass nnx.state(model, nnx.Param) of this model (or the State quantize_model "
                        "returned for it).")
-    tree: dict = {}
-    for p, v in items:
-      node = tree
-      parts = p.split("/")
-      for k in parts[:-1]:
-        node = node.setdefault(k, {})
-      node[parts[-1]] = v
-    return tree
+    return unflatten(dict(items))
 
   def _flat(self, tree: dict) -> tuple[list, dict]:
     """(flat Param state of ``tree`` in the module's structure, {linear path: input_scale})."""
     flat, scales = [], {}
     for kp, sp, var in self.flat:
-      flat.append((kp, var.replace(value=_get(tree, sp))))
+      flat.append((kp, var.replace(value=get_in(tree, sp))))
       if sp.endswith("/kernel") or sp == "kernel":
         lin = sp[:-len("kernel")]
-        s = _get(tree, lin + "input_scale", None)
+        s = get_in(tree, lin + "input_scale", None)
         if s is not None:
           scales[lin.rstrip("/")] = (kp[:-1] + ("input_scale",), s)
     return flat, scales
@@ -174,7 +160,7 @@ class _Graph:
     for kp, sub in nnx.iter_modules(module):
       if id(sub) in paths or not callable(sub):
         continue
-      paths[id(sub)] = _path(kp)
+      paths[id(sub)] = join(kp)
       object.__setattr__(sub, "__class__", _hooked(getattr(type(sub), "_jquant_base", type(sub))))
 
     def run_linear(next_fun, a, k, path, mod):
@@ -202,20 +188,6 @@ class _Graph:
       return module(*args, **kwargs)
     finally:
       _ACTIVE.reset(token)
-
-
-_MISSING = object()
-
-
-def _get(tree, path: str, default=_MISSING):
-  node = tree
-  for k in path.split("/"):
-    if not isinstance(node, dict) or k not in node:
-      if default is _MISSING:
-        raise KeyError(path)
-      return default
-    node = node[k]
-  return node
 
 
 def _nnx_linear(mod, site: LinearSite, x, kernel, scale, matmul):
@@ -250,8 +222,8 @@ class NNXModel(TracedModel):
     calls = self._trace(tree, batch)
     self._find_blocks(calls, tree, blocks)
     if self.block_paths:
-      subs = {_path(kp): m for kp, m in nnx.iter_modules(module)}
-      self._block_graph = _Graph(subs[_path(self.block_paths[0])])
+      subs = {join(kp): m for kp, m in nnx.iter_modules(module)}
+      self._block_graph = _Graph(subs[join(self.block_paths[0])])
 
   # --- params format ---
   def params_tree(self, params) -> dict:
@@ -284,7 +256,7 @@ class NNXModel(TracedModel):
       raise ValueError(f"quantize_model: the model rejected calibration batch 0 "
                        f"({jax.tree.map(lambda a: getattr(a, 'shape', a), batch)}): {type(e).__name__}: {e}") from e
     for kp, mod in nnx.iter_modules(self.module):
-      p, kernel = _path(kp), _kernel_of(mod)
+      p, kernel = join(kp), _kernel_of(mod)
       if kernel is None or p in called:
         continue
       rank = _declared_kernel_rank(mod)
@@ -324,7 +296,7 @@ class NNXModel(TracedModel):
 
   def embed(self, params, batch):
     """Inputs of the first block: (hidden, ctx) with ctx the block's other array inputs; the forward stops there."""
-    target = _path(self.block_paths[0])
+    target = join(self.block_paths[0])
 
     def interceptor(next_fun, args, kwargs, path, mod):
       if path == target:

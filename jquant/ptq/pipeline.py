@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jquant.core.paths import get_in, set_in
 from jquant.core.quantize import dequantize
-from jquant.ptq.access import (copy_dicts, get_block, get_in, kernel_view, linear_leaves, put_block, set_in,
-                               set_kernel)
+from jquant.ptq.access import copy_dicts, get_block, kernel_view, linear_leaves, put_block, set_kernel
 from jquant.ptq.capture import capture_block, forward_block
 from jquant.ptq.checks import check_blockwise, check_experts_method, check_generic
 from jquant.ptq.distributed import check_mesh, shard_batches, shard_params

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jquant.core.paths import join
 from jquant.core.qarray import QArray
 from jquant.core.quantize import dequantize
 from jquant.core.views import qarray_to_matrix
@@ -70,7 +71,7 @@ class QuantizedRuntime:
     site, why = linear_site(mod, args, kwargs)
     if site is None:
       if isinstance(kernel, QArray) or has_scale:
-        raise NotImplementedError(f"{'/'.join(mod.path)}: quantized params on a layer jquant cannot run: {why}.")
+        raise NotImplementedError(f"{join(mod.path)}: quantized params on a layer jquant cannot run: {why}.")
       return next_fun(*args, **kwargs)
     if site.experts:           # stacked MoE experts: the grouped quantized matmul
       dtype = mod.dtype if getattr(mod, "dtype", None) is not None else args[0].dtype

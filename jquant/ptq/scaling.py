@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 
-from jquant.ptq.access import get_in, kernel_of, linear_leaves, set_input_scale, set_kernel
+from jquant.core.paths import get_in
+from jquant.ptq.access import kernel_of, linear_leaves, set_input_scale, set_kernel
 from jquant.solvers.folding import fold_scales_into_norm, fold_scales_into_prev_linear, scale_weight_rows
 
 PyTree = Any

@@ -25,9 +25,9 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from jquant.core.paths import get_in, join, set_in
 from jquant.core.qarray import QArray
 from jquant.core.views import MatrixView, stack_qarrays
-from jquant.ptq.access import get_in
 from jquant.ptq.sites import (LinearSite, classify_linear, experts_call, flatten_input,  # noqa: F401  (re-exported)
                               group_sizes_of, parse_einsum)
 
@@ -44,13 +44,8 @@ class _Stop(Exception):
     self.payload = payload
 
 
-def _path_str(path: Sequence[str]) -> str:
-  """A module path as '/'-joined names (unlike core.paths.path_str, a last name "value" is a module, kept)."""
-  return "/".join(str(p) for p in path)
-
-
 def _get_in(tree, path: Sequence[str]):
-  return get_in(tree, _path_str(path))
+  return get_in(tree, join(path))
 
 
 def _struct(tree) -> Any:
@@ -117,7 +112,7 @@ class TracedModel:
 
   # --- blocks ---
   def _covered(self, prefix: tuple[str, ...]) -> list[str]:
-    pre = _path_str(prefix) + "/"
+    pre = join(prefix) + "/"
     return [p for p in self.linear_order if p.startswith(pre)]
 
   def _find_blocks(self, calls: list[_Call], params, blocks_regex):
@@ -130,10 +125,10 @@ class TracedModel:
         rx = re.compile(blocks_regex)
       except re.error as e:
         raise ValueError(f"quantize_model: blocks={blocks_regex!r} is not a valid regex: {e}.") from e
-      paths = [p for p in first_calls if p and rx.fullmatch(_path_str(p))]
+      paths = [p for p in first_calls if p and rx.fullmatch(join(p))]
       if not paths:
         raise ValueError(f"quantize_model: blocks={blocks_regex!r} matches no module path; module paths called: "
-                         f"{[_path_str(p) for p in list(first_calls)[:12]]}.")
+                         f"{[join(p) for p in list(first_calls)[:12]]}.")
       scanned = len(paths) == 1 and self._is_scanned(paths[0], params)
       candidates.append((0, 0, paths, scanned))
     else:
@@ -167,12 +162,12 @@ class TracedModel:
     self.block_paths = paths
     self.scanned = scanned
     self._check_chain(paths, first_calls, calls, scanned)
-    rel = lambda bp: [p[len(_path_str(bp)) + 1:] for p in self._covered(bp)]
-    self._groups = [[[q[len(_path_str(paths[0])) + 1:] for q in g] for g in self._grouped(self._covered(paths[0]))]]
+    rel = lambda bp: [p[len(join(bp)) + 1:] for p in self._covered(bp)]
+    self._groups = [[[q[len(join(paths[0])) + 1:] for q in g] for g in self._grouped(self._covered(paths[0]))]]
     for bp in paths[1:]:
       if sorted(rel(bp)) != sorted(rel(paths[0])):
-        raise ValueError(f"quantize_model: block {_path_str(bp)} has linears {rel(bp)}, block "
-                         f"{_path_str(paths[0])} has {rel(paths[0])}; blocks must be alike. Pass blocks=REGEX.")
+        raise ValueError(f"quantize_model: block {join(bp)} has linears {rel(bp)}, block "
+                         f"{join(paths[0])} has {rel(paths[0])}; blocks must be alike. Pass blocks=REGEX.")
     self._block_module = first_calls[paths[0]].module
     inside = {p for bp in paths for p in self._covered(bp)}
     self.outside = [p for p in self.linear_order if p not in inside]
@@ -185,7 +180,7 @@ class TracedModel:
     lin = self._covered(path)
     if not lin:
       return False
-    stored = _get_in(params, lin[0].split("/"))["kernel"]
+    stored = get_in(params, lin[0])["kernel"]
     return len(stored.shape) == len(self.sites[lin[0]].view.shape) + 1 and isinstance(sub, dict)
 
   def _grouped(self, linears: Sequence[str]) -> list[list[str]]:
@@ -207,13 +202,13 @@ class TracedModel:
       a, b = first_calls[prev], first_calls[cur]
       out = a.out[0] if self._out_index == 0 and isinstance(a.out, (tuple, list)) else a.out
       if not b.args or b.args[0] is not out:
-        raise ValueError(f"quantize_model: block {_path_str(cur)} does not read the output of block "
-                         f"{_path_str(prev)} as its first argument, so the blocks cannot be chained; pass "
+        raise ValueError(f"quantize_model: block {join(cur)} does not read the output of block "
+                         f"{join(prev)} as its first argument, so the blocks cannot be chained; pass "
                          "blocks=REGEX naming modules that follow one another (or a model without blocks).")
       dyn, _ = self._split_ctx(b.args[1:], b.kwargs)
       if len(dyn) != len(dyn0) or any(x is not y for x, y in zip(dyn, dyn0)):
-        raise ValueError(f"quantize_model: block {_path_str(cur)} gets other extra inputs than block "
-                         f"{_path_str(paths[0])} (masks, positions must be the same arrays for every block); pass "
+        raise ValueError(f"quantize_model: block {join(cur)} gets other extra inputs than block "
+                         f"{join(paths[0])} (masks, positions must be the same arrays for every block); pass "
                          "blocks=REGEX naming blocks that share their extra inputs.")
 
   @staticmethod
@@ -234,8 +229,8 @@ class TracedModel:
   def block_names(self) -> Sequence[str]:
     if self.scanned:
       n = jax.tree.leaves(self._scan_len_params)[0].shape[0] if hasattr(self, "_scan_len_params") else None
-      return tuple(f"{_path_str(self.block_paths[0])}[{i}]" for i in range(n))
-    return tuple(_path_str(p) for p in self.block_paths)
+      return tuple(f"{join(self.block_paths[0])}[{i}]" for i in range(n))
+    return tuple(join(p) for p in self.block_paths)
 
   def bind_params(self, params):
     """Remembers the layer count of a scanned block from ``params``."""
@@ -250,18 +245,14 @@ class TracedModel:
     if self.scanned:
       i = int(name.rsplit("[", 1)[1][:-1])
       return jax.tree.map(lambda a: a[i], _get_in(params, self.block_paths[0]))
-    return _get_in(params, name.split("/"))
+    return get_in(params, name)
 
   def set_block(self, tree, name: str, block) -> None:
     """Writes a block's params into ``tree`` (scanned layers are collected and stacked by `finish`)."""
     if self.scanned:
       self._pending.setdefault(id(tree), {})[name] = block
       return
-    parts = name.split("/")
-    node = tree
-    for p in parts[:-1]:
-      node = node[p]
-    node[parts[-1]] = block
+    set_in(tree, name, block)
 
   def finish(self, tree) -> None:
     """Stacks the collected layers of a scanned block back into ``tree`` (QArrays via `stack_qarrays`)."""
@@ -276,7 +267,7 @@ class TracedModel:
     is_q = lambda a: isinstance(a, QArray)
     structs = [jax.tree.structure(b, is_leaf=is_q) for b in blocks]
     if any(s != structs[0] for s in structs):
-      raise ValueError(f"quantize_model: the layers of scanned block {_path_str(self.block_paths[0])} were "
+      raise ValueError(f"quantize_model: the layers of scanned block {join(self.block_paths[0])} were "
                        "quantized differently (a skip pattern hit some layers only); a scanned stack must be "
                        "quantized alike: skip all of its layers or none.")
     stacked = jax.tree.map(lambda *xs: stack_qarrays(xs) if is_q(xs[0]) else jnp.stack(xs), *blocks, is_leaf=is_q)
@@ -287,7 +278,7 @@ class TracedModel:
 
   def kernel_view(self, path: str) -> MatrixView | None:
     """The (K, N) view of a linear's kernel by block-relative (or, for linears outside blocks, full) path."""
-    full = path if path in self.sites else f"{_path_str(self.block_paths[0])}/{path}"
+    full = path if path in self.sites else f"{join(self.block_paths[0])}/{path}"
     view = self.sites[full].view
     return None if view.is_identity else view
 
@@ -300,7 +291,7 @@ class TracedModel:
 
   def experts_of(self, path: str) -> int:
     """The number of stacked experts of a linear (block-relative or full path); 0 for a plain linear."""
-    full = path if path in self.sites else f"{_path_str(self.block_paths[0])}/{path}" if self.block_paths else path
+    full = path if path in self.sites else f"{join(self.block_paths[0])}/{path}" if self.block_paths else path
     site = self.sites.get(full)
     return site.experts if site is not None else 0
 

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jquant.core.paths import path_str
+from jquant.core.paths import flatten, path_str
 from jquant.core.qarray import QArray
 from jquant.core.quantize import quantize
 from jquant.core.spec import QuantSpec
@@ -44,11 +44,6 @@ def _resolver(specs) -> Callable[[str, Any], QuantSpec | None]:
                   f"(path, leaf) -> QuantSpec | None; got {type(specs).__name__}.")
 
 
-def _flat(params) -> dict[str, Any]:
-  leaves = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, QArray))[0]
-  return {path_str(p): x for p, x in leaves}
-
-
 def convert(params: Any, specs: Any, *, strict: bool = True) -> Any:
   """Replaces every fake-quantized weight in ``params`` by its integer `QArray`.
 
@@ -68,7 +63,7 @@ def convert(params: Any, specs: Any, *, strict: bool = True) -> Any:
     ValueError: an LSQ scale of the wrong shape, or (strict) an orphan ``*_scale`` leaf.
   """
   resolve = _resolver(specs)
-  flat = _flat(params)
+  flat = flatten(params)
   consumed: set[str] = set()
   new: dict[str, Any] = {}
   for path, leaf in flat.items():
