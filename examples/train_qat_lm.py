@@ -169,7 +169,7 @@ def main(argv=None):
   a_spec = jq.QuantSpec(qtype=jq.INT8, granularity=jq.PerToken()) if args.act_bits else None
   cfg = jq.QuantConfig(rules=[jq.QuantRule(r"block_\d+/(q|k|v|o|up|down)/kernel", w_spec)],
                        skip=[r"embed.*", r"head.*"])
-  qmodel = jql.quantize_model(model, cfg, act_spec=a_spec)
+  qmodel = jql.fake_quant_model(model, cfg, act_spec=a_spec)
 
   evaluate = jax.jit(lambda apply, p: xent(apply({"params": p}, eval_data[:, :-1]), eval_data[:, 1:]),
                      static_argnums=0)

@@ -18,8 +18,9 @@ Three ways in, all through Flax's own injection points (no monkey-patching, no d
    activation after it. Weights converted by `jquant.qat.convert` (QArray leaves) are dequantized instead,
    giving the same numbers as the fake-quant eval.
 
-3. ``quantize_model(model, cfg)``: a `jq.QuantConfig` applied to an existing, unmodified model by intercepting
-   the ``__call__`` of its Dense/DenseGeneral/Einsum/Conv layers (``nn.intercept_methods``).
+3. ``fake_quant_model(model, cfg)``: a `jq.QuantConfig` applied to an existing, unmodified model by intercepting
+   the ``__call__`` of its Dense/DenseGeneral/Einsum/Conv layers (``nn.intercept_methods``). (Its old name
+   ``quantize_model`` is a deprecated alias for one release: ``jq.ptq.quantize_model`` is the PTQ pipeline.)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from flax.linen import dtypes as linen_dtypes
 from flax.linen import initializers
 
 from jquant import rules
+from jquant.core.deprecation import deprecated_alias
 from jquant.core.paths import join
 from jquant.core.qarray import QArray
 from jquant.core.spec import QuantSpec
@@ -42,7 +44,7 @@ from jquant.flax._quant import fake_quant_conv, fake_quant_dot_general, fake_qua
 from jquant.qat.lsq import lsq_init
 
 __all__ = ("QuantConv", "QuantDense", "QuantDenseGeneral", "QuantEinsum", "QuantizedModel", "fake_quant_conv",
-           "fake_quant_dot_general", "fake_quant_einsum", "quantize_model")
+           "fake_quant_dot_general", "fake_quant_einsum", "fake_quant_model")
 
 _default_kernel_init = initializers.lecun_normal()
 
@@ -234,11 +236,11 @@ class QuantizedModel:
 
   def __post_init__(self):
     if not isinstance(self.model, nn.Module):
-      raise TypeError(f"quantize_model: model must be a flax.linen Module, got {type(self.model).__name__}.")
+      raise TypeError(f"fake_quant_model: model must be a flax.linen Module, got {type(self.model).__name__}.")
     if not (callable(getattr(self.cfg, "match", None)) and callable(getattr(self.cfg, "skipped_by", None))):
-      raise TypeError(f"quantize_model: cfg must be a jq.QuantConfig, got {type(self.cfg).__name__}.")
+      raise TypeError(f"fake_quant_model: cfg must be a jq.QuantConfig, got {type(self.cfg).__name__}.")
     if self.act_spec is not None and not isinstance(self.act_spec, QuantSpec):
-      raise TypeError(f"quantize_model: act_spec must be a jq.QuantSpec or None, got {self.act_spec!r}.")
+      raise TypeError(f"fake_quant_model: act_spec must be a jq.QuantSpec or None, got {self.act_spec!r}.")
 
   def _interceptor(self, next_fun, args, kwargs, context):
     mod = context.module
@@ -283,14 +285,18 @@ class QuantizedModel:
     return found
 
 
-def quantize_model(model: nn.Module, cfg, *, act_spec: QuantSpec | None = None) -> QuantizedModel:
+def fake_quant_model(model: nn.Module, cfg, *, act_spec: QuantSpec | None = None) -> QuantizedModel:
   """Applies a `jq.QuantConfig` to an unmodified Linen model for quantization-aware training.
 
   Example:
-    >>> qmodel = quantize_model(model, jq.QuantConfig(rules=[jq.QuantRule(r".*/kernel", W4)], skip=[r".*head.*"]))
+    >>> qmodel = fake_quant_model(model, jq.QuantConfig(rules=[jq.QuantRule(r".*/kernel", W4)], skip=[r".*head.*"]))
     >>> variables = qmodel.init(key, x)
     >>> loss = lambda p: xent(qmodel.apply({"params": p}, x), y)       # fake-quant forward, clipped-STE grads
     >>> int_params = jq.qat.convert(variables["params"], cfg)          # QArray kernels, same numerics
     >>> logits = qmodel.apply({"params": int_params}, x)
   """
   return QuantizedModel(model, cfg, act_spec)
+
+
+#: Deprecated (one release): the old name of `fake_quant_model`, which clashed with ``jq.ptq.quantize_model``.
+quantize_model = deprecated_alias(fake_quant_model, "jq.flax.linen.quantize_model", "jq.flax.linen.fake_quant_model")

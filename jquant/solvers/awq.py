@@ -52,8 +52,9 @@ class AWQClip(NamedTuple):
   min_val: jax.Array
 
 
-def fake_quant(w: jax.Array, spec: QuantSpec) -> jax.Array:
-  """Quantize-dequantize ``w`` with ``spec`` in float32 (jq grid, dynamic range)."""
+def quantize_dequantize(w: jax.Array, spec: QuantSpec) -> jax.Array:
+  """Quantize-dequantize ``w`` with ``spec`` in float32 (jq grid, dynamic range); no gradient rule (for QAT's
+  straight-through version see `jquant.fake_quant`)."""
   w = w.astype(jnp.float32)
   scale, zp = compute_qparams(w, spec)
   block = spec.granularity.block_shape(w.shape)
@@ -106,7 +107,7 @@ def _search_scales(ws, act, x, gram, *, spec, grid, batch_size, inspect_fn, duo_
 
   def err_for(alpha):
     s = scales_for(alpha)[:, None]
-    wq = tuple(fake_quant(k.astype(jnp.float32) * s, spec) / s for k in ws)
+    wq = tuple(quantize_dequantize(k.astype(jnp.float32) * s, spec) / s for k in ws)
     if gram is not None:     # mean_t ||x_t dW||^2 / N = tr(dW^T E[x x^T] dW) / N: no tokens needed
       d = jnp.concatenate([q - k.astype(jnp.float32) for q, k in zip(wq, ws)], axis=1)
       return jnp.sum(d * jnp.matmul(gram, d, precision=_HI)) / nout
@@ -237,7 +238,7 @@ def _search_clip(w, gram, *, spec, gsize, n_grid, n_steps, mode):
   def err_for(step):
     p = 1.0 - step / n_grid
     cur = jnp.clip(wg, org_min * p, org_max * p).reshape(kdim, ndim)
-    d = (fake_quant(cur, spec) - w).reshape(ng, gsize, ndim)
+    d = (quantize_dequantize(cur, spec) - w).reshape(ng, gsize, ndim)
     # mean over tokens of (partial product error)^2 = d^T (X_g^T X_g / T) d per group and column
     return jnp.sum(d * jnp.einsum("gij,gjn->gin", gram, d, precision=_HI), axis=1)   # (G, N)
 

@@ -1,4 +1,4 @@
-"""Linen: dot_general factory, Quant* wrappers (dynamic / LSQ / static EMA), quantize_model, convert bit-exactness."""
+"""Linen: dot_general factory, Quant* wrappers (dynamic / LSQ / static EMA), fake_quant_model, convert bit-exactness."""
 
 import chex
 import flax.linen as nn
@@ -154,11 +154,11 @@ class _Model(nn.Module):
     return nn.Dense(4, name="head")(x)
 
 
-def test_quantize_model_on_unmodified_model(rng):
+def test_fake_quant_model_on_unmodified_model(rng):
   cfg = QuantConfig(rules=[QuantRule(r"block/up/kernel", W4_ASYM_G8), QuantRule(r".*/kernel", W4)],
                     skip=[r"embed.*", r"head/.*"])
   model = _Model()
-  qmodel = jql.quantize_model(model, cfg, act_spec=A8_TOKEN)
+  qmodel = jql.fake_quant_model(model, cfg, act_spec=A8_TOKEN)
   x = _x(rng, (4, 16))
   v = jax.jit(qmodel.init)(jax.random.key(0), x)
   assert jax.tree.structure(v) == jax.tree.structure(model.init(jax.random.key(0), x))
@@ -184,15 +184,26 @@ def test_quantize_model_on_unmodified_model(rng):
   np.testing.assert_array_equal(np.asarray(jax.jit(qmodel.apply)({"params": int_params}, x)), np.asarray(y))
 
 
-def test_quantize_model_traces_once(rng):
+def test_fake_quant_model_traces_once(rng):
   cfg = QuantConfig(rules=[QuantRule(r".*/kernel", W4)])
-  qmodel = jql.quantize_model(_Model(), cfg)
+  qmodel = jql.fake_quant_model(_Model(), cfg)
   x = _x(rng, (4, 16))
   v = qmodel.init(jax.random.key(0), x)
   chex.clear_trace_counter()
   step = jax.jit(chex.assert_max_traces(lambda v, x: qmodel.apply(v, x), n=1))
   for _ in range(3):
     step(v, _x(rng, (4, 16)))
+
+
+def test_old_name_quantize_model_warns_and_still_works(rng):
+  cfg = QuantConfig(rules=[QuantRule(r".*/kernel", W4)])
+  with pytest.warns(DeprecationWarning, match=r"jq\.flax\.linen\.fake_quant_model"):
+    old = jql.quantize_model(_Model(), cfg, act_spec=A8_TOKEN)
+  assert old == jql.fake_quant_model(_Model(), cfg, act_spec=A8_TOKEN)
+  x = _x(rng, (4, 16))
+  v = old.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(np.asarray(old.apply(v, x)),
+                                np.asarray(jql.fake_quant_model(_Model(), cfg, act_spec=A8_TOKEN).apply(v, x)))
 
 
 @pytest.mark.parametrize("kwargs, exc", [
@@ -208,12 +219,12 @@ def test_wrapper_bad_input(kwargs, exc):
     jql.QuantDense(8, **kwargs)
 
 
-def test_factory_and_quantize_model_bad_input():
+def test_factory_and_fake_quant_model_bad_input():
   with pytest.raises(TypeError):
     jql.fake_quant_dot_general(lhs_spec="int8")
   with pytest.raises(TypeError, match="flax.linen Module"):
-    jql.quantize_model(lambda x: x, QuantConfig(rules=[QuantRule(r".*", W4)]))
+    jql.fake_quant_model(lambda x: x, QuantConfig(rules=[QuantRule(r".*", W4)]))
   with pytest.raises(TypeError, match="QuantConfig"):
-    jql.quantize_model(_Model(), {"a": W4})
+    jql.fake_quant_model(_Model(), {"a": W4})
   with pytest.raises(TypeError, match="act_spec"):
-    jql.quantize_model(_Model(), QuantConfig(rules=[QuantRule(r".*", W4)]), act_spec="int8")
+    jql.fake_quant_model(_Model(), QuantConfig(rules=[QuantRule(r".*", W4)]), act_spec="int8")

@@ -206,3 +206,16 @@ def test_duo_scaling_matches_oracle():
   assert not np.allclose(np.asarray(plain.errors[1:]), np.asarray(res.errors[1:]))
   with pytest.raises(TypeError, match="duo_scaling must be a bool"):
     jq.ptq.AWQ(SPEC, duo_scaling="yes")
+
+
+def test_quantize_dequantize_matches_float64_grid_and_old_name_warns():
+  rng = rng_for("awq-qdq")
+  w = (rng.normal(size=(64, 12)) / 8).astype(np.float32)
+  got = np.asarray(solvers.quantize_dequantize(jnp.asarray(w), SPEC), np.float64)
+  want = fake_quant_groups(w, 32, 0, 15, False, grid_dtype=np.float32)
+  # one float32 rounding of the dequantized value (q - zero) * scale
+  np.testing.assert_allclose(got, want, rtol=2e-7, atol=2e-7 * np.abs(want).max())
+  with pytest.warns(DeprecationWarning, match="jq.solvers.quantize_dequantize"):
+    old = solvers.fake_quant(jnp.asarray(w), SPEC)
+  np.testing.assert_array_equal(np.asarray(old), np.asarray(got, np.float32))
+  assert "fake_quant" not in solvers.__all__ and jq.solvers.fake_quant is not jq.fake_quant
