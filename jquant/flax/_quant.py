@@ -95,6 +95,17 @@ def stat_shape(x_shape, spec: QuantSpec) -> tuple[int, ...]:
   return gr.scale_shape(spec.granularity, tuple(x_shape))
 
 
+def quantize_act(x, spec: QuantSpec | None, mode: str, tracked_range: Callable[[tuple[int, ...]], tuple]):
+  """The activation the layer computes with: ``x`` (no spec), dynamic fake-quant, or static fake-quant with the
+  ``(lo, hi, count)`` that ``tracked_range(stat shape)`` returns (the wrapper's EMA state, updated when training)."""
+  if spec is None:
+    return x
+  if mode == "dynamic":
+    return fake_quant(x, spec)
+  lo, hi, count = tracked_range(stat_shape(x.shape, spec))
+  return quantize_act_static(x, lo, hi, count, spec)
+
+
 @dataclasses.dataclass(frozen=True)
 class FakeQuantDotGeneral:
   """A drop-in ``lax.dot_general`` that fake-quantizes its operands with dynamic ranges.

@@ -47,6 +47,7 @@ __all__ = ("QuantConv", "QuantDense", "QuantDenseGeneral", "QuantEinsum", "Quant
            "fake_quant_dot_general", "fake_quant_einsum", "fake_quant_model")
 
 _default_kernel_init = initializers.lecun_normal()
+_SHARED_FIELDS = ("use_bias", "dtype", "param_dtype", "precision", "kernel_init", "bias_init")
 
 
 class _QuantWrapper(nn.Module):
@@ -58,9 +59,16 @@ class _QuantWrapper(nn.Module):
   weight_mode: str = "dynamic"
   act_mode: str = "dynamic"
   ema_decay: float = 0.99
+  # Forwarded to the wrapped layer as they are (keyword-only here).
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Any = _default_kernel_init
+  bias_init: Any = initializers.zeros_init()
 
   _layer_cls: ClassVar[type]                # the Flax layer this wraps
-  _layer_fields: ClassVar[tuple[str, ...]]  # fields forwarded to it
+  _layer_fields: ClassVar[tuple[str, ...]]  # its own fields forwarded to it (besides _SHARED_FIELDS)
 
   def __post_init__(self):
     _quant.check_options(self.weight_spec, self.act_spec, self.weight_mode, self.act_mode, self.ema_decay,
@@ -68,7 +76,7 @@ class _QuantWrapper(nn.Module):
     super().__post_init__()
 
   def setup(self):
-    kwargs = {name: getattr(self, name) for name in self._layer_fields}
+    kwargs = {name: getattr(self, name) for name in (*self._layer_fields, *_SHARED_FIELDS)}
     self.layer = self._layer_cls(**kwargs, promote_dtype=self._promote)
     nn.share_scope(self, self.layer)
 
@@ -88,19 +96,17 @@ class _QuantWrapper(nn.Module):
     return scale, zero_point
 
   def _quant_act(self, x):
-    spec = self.act_spec
-    if spec is None:
-      return x
-    if self.act_mode == "dynamic":
-      return _quant.fake_quant(x, spec)
-    shape = _quant.stat_shape(x.shape, spec)
+    return _quant.quantize_act(x, self.act_spec, self.act_mode, lambda shape: self._tracked_range(x, shape))
+
+  def _tracked_range(self, x, shape):
+    """The EMA (lo, hi, count) in ``quant_stats``, moved by this batch when that collection is mutable."""
     lo = self.variable("quant_stats", "act_lo", jnp.zeros, shape, jnp.float32)
     hi = self.variable("quant_stats", "act_hi", jnp.zeros, shape, jnp.float32)
     count = self.variable("quant_stats", "act_count", jnp.zeros, (), jnp.int32)
     if self.is_mutable_collection("quant_stats") and not self.is_initializing():
-      decay = _quant.ema_decay_of(spec, self.ema_decay)
-      lo.value, hi.value, count.value = _quant.ema_update(lo.value, hi.value, count.value, x, spec, decay)
-    return _quant.quantize_act_static(x, lo.value, hi.value, count.value, spec)
+      decay = _quant.ema_decay_of(self.act_spec, self.ema_decay)
+      lo.value, hi.value, count.value = _quant.ema_update(lo.value, hi.value, count.value, x, self.act_spec, decay)
+    return lo.value, hi.value, count.value
 
 
 class QuantDense(_QuantWrapper):
@@ -116,15 +122,9 @@ class QuantDense(_QuantWrapper):
   """
 
   features: int
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  kernel_init: Any = _default_kernel_init
-  bias_init: Any = initializers.zeros_init()
 
   _layer_cls = nn.Dense
-  _layer_fields = ("features", "use_bias", "dtype", "param_dtype", "precision", "kernel_init", "bias_init")
+  _layer_fields = ("features",)
 
 
 class QuantDenseGeneral(_QuantWrapper):
@@ -133,16 +133,9 @@ class QuantDenseGeneral(_QuantWrapper):
   features: int | tuple[int, ...]
   axis: int | tuple[int, ...] = -1
   batch_dims: tuple[int, ...] = ()
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  kernel_init: Any = _default_kernel_init
-  bias_init: Any = initializers.zeros_init()
 
   _layer_cls = nn.DenseGeneral
-  _layer_fields = ("features", "axis", "batch_dims", "use_bias", "dtype", "param_dtype", "precision",
-                   "kernel_init", "bias_init")
+  _layer_fields = ("features", "axis", "batch_dims")
 
 
 class QuantEinsum(_QuantWrapper):
@@ -150,16 +143,9 @@ class QuantEinsum(_QuantWrapper):
 
   shape: tuple[int, ...]
   einsum_str: str | None = None
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  kernel_init: Any = _default_kernel_init
-  bias_init: Any = initializers.zeros_init()
 
   _layer_cls = nn.Einsum
-  _layer_fields = ("shape", "einsum_str", "use_bias", "dtype", "param_dtype", "precision", "kernel_init",
-                   "bias_init")
+  _layer_fields = ("shape", "einsum_str")
 
 
 class QuantConv(_QuantWrapper):
@@ -172,17 +158,10 @@ class QuantConv(_QuantWrapper):
   input_dilation: Any = 1
   kernel_dilation: Any = 1
   feature_group_count: int = 1
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  kernel_init: Any = _default_kernel_init
-  bias_init: Any = initializers.zeros_init()
 
   _layer_cls = nn.Conv
   _layer_fields = ("features", "kernel_size", "strides", "padding", "input_dilation", "kernel_dilation",
-                   "feature_group_count", "use_bias", "dtype", "param_dtype", "precision", "kernel_init",
-                   "bias_init")
+                   "feature_group_count")
 
 
 # ---------------------------------------------------------------------------------------------------------------

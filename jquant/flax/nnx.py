@@ -68,21 +68,18 @@ class _QuantMixin:
     return self.kernel_scale[...], None if zp is None else zp[...]
 
   def _quant_act(self, x):
-    spec = self.act_spec
-    if spec is None:
-      return x
-    if self.act_mode == "dynamic":
-      return _quant.fake_quant(x, spec)
-    shape = _quant.stat_shape(x.shape, spec)
+    return _quant.quantize_act(x, self.act_spec, self.act_mode, lambda shape: self._tracked_range(x, shape))
+
+  def _tracked_range(self, x, shape):
+    """The EMA (lo, hi, count) state, moved by this batch unless ``use_running_average``."""
     if not self.use_running_average:
-      decay = _quant.ema_decay_of(spec, self.ema_decay)
+      decay = _quant.ema_decay_of(self.act_spec, self.ema_decay)
       lo, hi, count = _quant.ema_update(self.act_lo[...].reshape(shape), self.act_hi[...].reshape(shape),
-                                        self.act_count[...], x, spec, decay)
+                                        self.act_count[...], x, self.act_spec, decay)
       self.act_lo[...] = lo.reshape(-1)
       self.act_hi[...] = hi.reshape(-1)
       self.act_count[...] = count
-    return _quant.quantize_act_static(x, self.act_lo[...].reshape(shape), self.act_hi[...].reshape(shape),
-                                      self.act_count[...], spec)
+    return self.act_lo[...].reshape(shape), self.act_hi[...].reshape(shape), self.act_count[...]
 
   def _promote(self, args, /, *, dtype=None, inexact=True):
     inputs, kernel, bias = args

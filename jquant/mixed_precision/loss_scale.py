@@ -172,19 +172,8 @@ class NoOpLossScale:
     return self
 
 
-@_register
-@dataclasses.dataclass(frozen=True)
-class StaticLossScale:
-  """A fixed loss scale.
-
-  Attributes:
-    scale: float32 array of shape ``()``, > 0.
-  """
-
-  scale: Any = 2.0**15
-
-  def __post_init__(self):
-    _set_array(self, "scale", jnp.float32, _positive_finite)
+class _ScaledBy:
+  """``loss_scale`` / ``scale_tree`` / ``unscale_tree`` of a loss scale that holds its factor in ``self.scale``."""
 
   @property
   def loss_scale(self) -> jax.Array:
@@ -199,6 +188,21 @@ class StaticLossScale:
     """Divides floating leaves by the scale (in float32, keeping each leaf's dtype)."""
     return _apply(tree, self.loss_scale, divide=True)
 
+
+@_register
+@dataclasses.dataclass(frozen=True)
+class StaticLossScale(_ScaledBy):
+  """A fixed loss scale.
+
+  Attributes:
+    scale: float32 array of shape ``()``, > 0.
+  """
+
+  scale: Any = 2.0**15
+
+  def __post_init__(self):
+    _set_array(self, "scale", jnp.float32, _positive_finite)
+
   def adjust(self, grads_finite: jax.Array) -> StaticLossScale:
     _check_flag(grads_finite)
     return self
@@ -206,7 +210,7 @@ class StaticLossScale:
 
 @_register
 @dataclasses.dataclass(frozen=True)
-class DynamicLossScale:
+class DynamicLossScale(_ScaledBy):
   """A loss scale that halves on overflow and doubles after ``period`` finite steps.
 
   Attributes:
@@ -230,19 +234,6 @@ class DynamicLossScale:
     _set_array(self, "factor", jnp.float32,
                lambda v: None if np.isfinite(v) and v > 1 else "must be a finite number > 1 (e.g. 2).")
     _set_array(self, "min_scale", jnp.float32, _positive_finite)
-
-  @property
-  def loss_scale(self) -> jax.Array:
-    """float32 ``()``: the factor to multiply the loss by."""
-    return jnp.asarray(self.scale, jnp.float32)
-
-  def scale_tree(self, tree: Any) -> Any:
-    """Multiplies floating leaves by the scale (in float32, keeping each leaf's dtype)."""
-    return _apply(tree, self.loss_scale, divide=False)
-
-  def unscale_tree(self, tree: Any) -> Any:
-    """Divides floating leaves by the scale (in float32, keeping each leaf's dtype)."""
-    return _apply(tree, self.loss_scale, divide=True)
 
   def adjust(self, grads_finite: jax.Array) -> DynamicLossScale:
     """Returns the state for the next step.

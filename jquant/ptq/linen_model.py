@@ -29,12 +29,15 @@ import jax
 
 from jquant.core.paths import join
 from jquant.ptq.batches import call_args
+from jquant.ptq.sites import LinearTypes, classify_module
 from jquant.ptq.traced import (LinearSite, TracedModel, _Call, _Stop, classify_linear,  # noqa: F401
                                experts_call, flatten_input)
 
 PyTree = Any
 
 __all__ = ["LinenModel", "LinearSite", "linear_site", "linen_intercept", "flatten_input"]
+
+_LINEN_TYPES = LinearTypes(nn.Dense, nn.DenseGeneral, nn.Einsum, "batch_dims", experts=True)
 
 
 def linen_intercept(fn):
@@ -63,21 +66,8 @@ def linear_site(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[LinearSite |
   (None, None) for anything else."""
   if not mod.has_variable("params", "kernel"):
     return None, None
-  kernel = mod.get_variable("params", "kernel")
-  kshape = tuple(getattr(kernel, "shape", ()))
-  x = args[0] if args else None
-  has_bias = mod.has_variable("params", "bias")
-  if isinstance(mod, nn.Dense):
-    return classify_linear("dense", "Dense", kshape, x, has_bias)
-  if isinstance(mod, nn.DenseGeneral):
-    return classify_linear("dense_general", "DenseGeneral", kshape, x, has_bias, axis=mod.axis,
-                           unsupported="DenseGeneral with batch_dims" if mod.batch_dims else None)
-  if isinstance(mod, nn.Einsum):
-    eq = kwargs.get("einsum_str") or (args[1] if len(args) > 1 else None) or mod.einsum_str
-    return classify_linear("einsum", "Einsum", kshape, x, has_bias, einsum_str=eq)
-  if experts_call(kshape, args, kwargs):
-    return classify_linear("experts", type(mod).__name__, kshape, x, has_bias)
-  return classify_linear(None, type(mod).__name__, kshape, x, has_bias)
+  kshape = tuple(getattr(mod.get_variable("params", "kernel"), "shape", ()))
+  return classify_module(_LINEN_TYPES, mod, kshape, args, kwargs, mod.has_variable("params", "bias"))
 
 
 class LinenModel(TracedModel):
@@ -124,18 +114,8 @@ class LinenModel(TracedModel):
       with nn.intercept_methods(interceptor):
         return self._forward({"params": p}, b)
 
-    self._trace_keepalive = calls   # ids are only meaningful while the traced values live
-    try:
-      jax.eval_shape(run, params, batch)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"quantize_model: the model rejected calibration batch 0 "
-                       f"({jax.tree.map(lambda a: getattr(a, 'shape', a), batch)}): {type(e).__name__}: {e}") from e
-    if not self.sites:
-      types = sorted({type(c.module).__name__ for c in calls})
-      raise ValueError(f"quantize_model: found no supported linear layer (nn.Dense, nn.DenseGeneral, nn.Einsum) in "
-                       f"{type(self.module).__name__}; it called modules of types {types}"
-                       + (f" and unsupported layers {sorted(set(self.unsupported.values()))}" if self.unsupported
-                          else "") + ".")
+    self._trace_batch0(run, params, batch, calls)
+    self._check_found_linears(calls, "nn.Dense, nn.DenseGeneral, nn.Einsum")
     return calls
 
   def embed(self, params, batch):

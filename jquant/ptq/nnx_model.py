@@ -30,7 +30,6 @@ import contextvars
 import functools
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -39,13 +38,15 @@ from jquant.core.paths import flatten, get_in, join, unflatten
 from jquant.core.qarray import QArray
 from jquant.ptq.batches import call_args
 from jquant.ptq.runtime import quantized_linear
-from jquant.ptq.traced import LinearSite, TracedModel, _Call, _Stop, classify_linear
+from jquant.ptq.sites import LinearTypes, classify_module
+from jquant.ptq.traced import LinearSite, TracedModel, _Call, _Stop
 
 PyTree = Any
 
 __all__ = ["NNXModel", "NNXRuntime", "nnx_linear_site", "is_nnx_module"]
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("jquant_nnx_intercept", default=None)
+_NNX_TYPES = LinearTypes(nnx.Linear, nnx.LinearGeneral, nnx.Einsum, "batch_axis")
 
 
 def is_nnx_module(obj) -> bool:
@@ -90,18 +91,7 @@ def nnx_linear_site(mod, args: tuple, kwargs: dict) -> tuple[LinearSite | None, 
   if kernel is None:
     return None, None
   kshape = tuple(getattr(kernel, "shape", ()))
-  x = args[0] if args else None
-  has_bias = getattr(mod, "bias", None) is not None
-  name = type(mod).__name__
-  if isinstance(mod, nnx.Linear):
-    return classify_linear("dense", "Linear", kshape, x, has_bias)
-  if isinstance(mod, nnx.LinearGeneral):
-    return classify_linear("dense_general", "LinearGeneral", kshape, x, has_bias, axis=mod.axis,
-                           unsupported="LinearGeneral with batch_axis" if mod.batch_axis else None)
-  if isinstance(mod, nnx.Einsum):
-    eq = kwargs.get("einsum_str") or (args[1] if len(args) > 1 else None) or mod.einsum_str
-    return classify_linear("einsum", "Einsum", kshape, x, has_bias, einsum_str=eq)
-  return classify_linear(None, name, kshape, x, has_bias)
+  return classify_module(_NNX_TYPES, mod, kshape, args, kwargs, getattr(mod, "bias", None) is not None)
 
 
 class _Graph:
@@ -249,12 +239,7 @@ class NNXModel(TracedModel):
         calls.append(_Call(tuple(path.split("/")) if path else (), mod, args, kwargs, out))
       return out
 
-    self._trace_keepalive = calls   # ids are only meaningful while the traced values live
-    try:
-      jax.eval_shape(lambda p, b: self.forward_params(p, b, interceptor), tree, batch)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"quantize_model: the model rejected calibration batch 0 "
-                       f"({jax.tree.map(lambda a: getattr(a, 'shape', a), batch)}): {type(e).__name__}: {e}") from e
+    self._trace_batch0(lambda p, b: self.forward_params(p, b, interceptor), tree, batch, calls)
     for kp, mod in nnx.iter_modules(self.module):
       p, kernel = join(kp), _kernel_of(mod)
       if kernel is None or p in called:
@@ -266,12 +251,7 @@ class NNXModel(TracedModel):
                          "(an nnx.List of layers called in a Python loop).")
       self.unsupported.setdefault(p, f"{type(mod).__name__} not called by the forward on calibration batch 0 (left "
                                      "in float)")
-    if not self.sites:
-      types = sorted({type(c.module).__name__ for c in calls})
-      raise ValueError(f"quantize_model: found no supported linear layer (nnx.Linear, nnx.LinearGeneral, nnx.Einsum) "
-                       f"in {type(self.module).__name__}; it called modules of types {types}"
-                       + (f" and unsupported layers {sorted(set(self.unsupported.values()))}" if self.unsupported
-                          else "") + ".")
+    self._check_found_linears(calls, "nnx.Linear, nnx.LinearGeneral, nnx.Einsum")
     return calls
 
   # --- framework side of the protocol ---

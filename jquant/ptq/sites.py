@@ -86,6 +86,35 @@ def classify_linear(kind: str | None, name: str, kshape: tuple, x, has_bias: boo
                     has_bias), None
 
 
+@dataclasses.dataclass(frozen=True)
+class LinearTypes:
+  """One framework's linear layer classes, for `classify_module` (Linen: Dense / DenseGeneral / Einsum; NNX:
+  Linear / LinearGeneral / Einsum)."""
+
+  dense: type
+  dense_general: type
+  einsum: type
+  batch_attr: str          # the dense_general attribute holding batch dims ("batch_dims" / "batch_axis")
+  experts: bool = False    # other modules called as ragged_dot(x, (E, K, N) kernel, group_sizes) are experts
+
+
+def classify_module(types: LinearTypes, mod, kshape: tuple, args: tuple, kwargs: dict, has_bias: bool):
+  """`classify_linear` of a call of ``mod`` (whose kernel has shape ``kshape``): its class picks the kind."""
+  x = args[0] if args else None
+  if isinstance(mod, types.dense):
+    return classify_linear("dense", types.dense.__name__, kshape, x, has_bias)
+  if isinstance(mod, types.dense_general):
+    name = types.dense_general.__name__
+    return classify_linear("dense_general", name, kshape, x, has_bias, axis=mod.axis,
+                           unsupported=f"{name} with {types.batch_attr}" if getattr(mod, types.batch_attr) else None)
+  if isinstance(mod, types.einsum):
+    eq = kwargs.get("einsum_str") or (args[1] if len(args) > 1 else None) or mod.einsum_str
+    return classify_linear("einsum", "Einsum", kshape, x, has_bias, einsum_str=eq)
+  if types.experts and experts_call(kshape, args, kwargs):
+    return classify_linear("experts", type(mod).__name__, kshape, x, has_bias)
+  return classify_linear(None, type(mod).__name__, kshape, x, has_bias)
+
+
 def experts_call(kshape: tuple, args: tuple, kwargs: dict) -> bool:
   """True for a call of stacked expert kernels: a (E, K, N) kernel, ``x`` (M, K) sorted by expert and integer
   ``group_sizes`` (E,) (second positional argument or keyword), as ``jax.lax.ragged_dot(x, kernel, group_sizes)``."""

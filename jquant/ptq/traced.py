@@ -93,6 +93,25 @@ class TracedModel:
       return True
     return False
 
+  def _trace_batch0(self, run, params, batch, calls: list) -> None:
+    """``jax.eval_shape(run, params, batch)`` while the adapter's interceptor fills ``calls``; a model that rejects
+    the batch is a ValueError naming the batch's shapes."""
+    self._trace_keepalive = calls   # ids are only meaningful while the traced values live
+    try:
+      jax.eval_shape(run, params, batch)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"quantize_model: the model rejected calibration batch 0 "
+                       f"({jax.tree.map(lambda a: getattr(a, 'shape', a), batch)}): {type(e).__name__}: {e}") from e
+
+  def _check_found_linears(self, calls: list, supported: str) -> None:
+    """ValueError when the trace found no supported linear layer (``supported`` names the framework's types)."""
+    if not self.sites:
+      types = sorted({type(c.module).__name__ for c in calls})
+      raise ValueError(f"quantize_model: found no supported linear layer ({supported}) in "
+                       f"{type(self.module).__name__}; it called modules of types {types}"
+                       + (f" and unsupported layers {sorted(set(self.unsupported.values()))}" if self.unsupported
+                          else "") + ".")
+
   # --- framework side (subclasses) ---
   def linear_site(self, mod, args: tuple, kwargs: dict):
     """(site, None) for a supported linear call, (None, reason) for an unsupported kernel module, else (None, None)."""
