@@ -34,7 +34,7 @@ def main() -> None:
     for rep in range(2):           # the first run includes compiles; both are printed
       t0 = time.perf_counter()
       q = common.quantize_embedding(kind, common.quantize_data_free(model, params, method), params, "int8")
-      text = quantize._data_free_report(kind, model, params, q, None, False)   # pylint: disable=protected-access
+      text = quantize._report(kind, model, params, q, method)[0]   # pylint: disable=protected-access
       fast = time.perf_counter() - t0
       print(f"{name} rtn w4 data-free (run {rep + 1}): {fast:.1f} s; {text.splitlines()[0]}", flush=True)
     if args.baseline:

@@ -8,7 +8,6 @@ the QArray's qvalue on the leaf's sharding and the scales on the compatible shar
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from typing import Any
 
@@ -20,7 +19,7 @@ from jquant.core.paths import path_str
 from jquant.core.qarray import QArray
 from jquant.core.quantize import dequantize, quantize, quantize_checked, raise_if_not_finite
 from jquant.core.spec import QuantSpec
-from jquant.report import LeafEntry, QuantReport
+from jquant.report import LeafEntry, QuantReport, tree_nbytes
 from jquant.rules import QuantConfig, spec_for_leaf
 
 PyTree = Any
@@ -199,10 +198,4 @@ def _fold_input_scales(tree: PyTree) -> PyTree:
   return out if isinstance(tree, dict) else type(tree)(out)
 
 
-def params_nbytes(params: PyTree) -> int:
-  """Bytes of a params tree: QArray leaves count packed (``QArray.nbytes``), other arrays ``size * itemsize``.
-  Works on abstract trees (``jax.eval_shape``) too."""
-  total = 0
-  for leaf in jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, QArray)):
-    total += leaf.nbytes if isinstance(leaf, QArray) else math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
-  return int(total)
+params_nbytes = tree_nbytes   # Bytes of a params tree (QArrays packed); one definition, in jquant.report

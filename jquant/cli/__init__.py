@@ -3,7 +3,8 @@
 Each subcommand module defines ``NAME``, ``HELP``, ``EPILOG`` (2-3 worked examples ending its ``--help``),
 ``add_arguments(parser)`` and ``run(args) -> int``. To add
 one (``demo``, ``quantize``, ``report``), create ``jquant/cli/<name>.py`` and list it in ``SUBCOMMANDS``.
-Results go to stdout; progress and errors go to stderr; failures exit non-zero.
+Results go to stdout; progress and errors go to stderr; failures exit non-zero. Models are looked up in
+``registry`` (one `ModelKind` per model kind); ``common`` builds methods and reads / writes checkpoint folders.
 """
 
 from __future__ import annotations

@@ -182,10 +182,10 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False) -> None:
 
 
 def save_checkpoint(out: str | Path, params, meta: dict[str, Any], *, overwrite: bool = False,
-                    files: dict[str, str] | None = None) -> Path:
-  """Writes params.safetensors, meta.json (and ``files``: name -> text) as one atomic folder: written beside
-  ``out`` and renamed into place, so a failure leaves no partial checkpoint and ``overwrite`` leaves no stale files.
-  """
+                    files: dict[str, str] | None = None, tensors: dict[str, Any] | None = None) -> Path:
+  """Writes params.safetensors, meta.json (and ``files``: name -> text, ``tensors``: name -> array tree) as one
+  atomic folder: written beside ``out`` and renamed into place, so a failure leaves no partial checkpoint and
+  ``overwrite`` leaves no stale files."""
   from jquant.io.atomic import atomic_directory  # pylint: disable=import-outside-toplevel
   out = Path(out)
   with atomic_directory(out, overwrite=overwrite) as tmp:
@@ -193,6 +193,8 @@ def save_checkpoint(out: str | Path, params, meta: dict[str, Any], *, overwrite:
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     for name, text in (files or {}).items():
       (tmp / name).write_text(text)
+    for name, tree in (tensors or {}).items():
+      jq.io.save_safetensors(tmp / name, tree)
   return out
 
 

@@ -5,8 +5,10 @@ run the calibrated block-by-block pipeline (`jquant.ptq.quantize_model`, a progr
 token embedding (SmolLM2: also the tied LM head) is quantized by ``--embedding`` (int8 per row by default); the
 checkpoint folder is written; stdout gets where it went and the commands to try next.
 
-The per-layer table in ``DIR/report.txt``: the pipeline's own report for calibrated methods; for data-free ones the
-weight SQNR of every layer (no data), or with ``--report`` also the output SQNR on a small calibration sample.
+The per-layer report goes to ``DIR/report.txt`` and ``report.json`` (+ ``report.safetensors``: the scales AWQ /
+SmoothQuant folded; ``python -m jquant report DIR`` shows it): the pipeline's own report for calibrated methods; for
+data-free ones the weight SQNR of every layer (no data), or with ``--report`` also the output SQNR on a small
+calibration sample.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
                   grid: str = "minmax", embedding: str = "int8", report: bool = False, fmt: str = "int",
                   rotate: bool = False, act_bits: int | None = None, act_format: str | None = None):
   """Loads the model and quantizes it (calibrating only when the method needs data, or ``report`` asks for the
-  output SQNR of a data-free method). Returns (model, params, qparams, report text, meta)."""
+  output SQNR of a data-free method). Returns (model, params, qparams, (report text, rows, divisors), meta)."""
   from jquant import ptq  # pylint: disable=import-outside-toplevel
   kind = common.model_kind(model_name)
   if kind.name != model_name:
@@ -92,36 +94,40 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
   t0 = time.perf_counter()
   data_free = method_name in common.DATA_FREE and grid != "imatrix"     # the imatrix search needs calibration
   if data_free:
-    qparams = common.quantize_data_free(model, params, method)
+    qparams, ptq_report = common.quantize_data_free(model, params, method), None
   else:
     batches = kind.calibration_batches(model, calib_text=calib_text, num=calib_samples)
     qparams, ptq_report = ptq.quantize_model(model, params, batches, method, progress=progress)
   qparams = common.quantize_embedding(kind, qparams, params, embedding)
   seconds = time.perf_counter() - t0
-  if data_free:
-    text = _data_free_report(kind, model, params, qparams, calib_text, report)
-  else:
-    text = str(ptq_report)
+  stored = _report(kind, model, params, qparams, method, ptq_report, calib_text, report)
   meta = {"model": model_name, "kind": kind.name, "method": method_name, "bits": bits, "group_size": group_size,
           "act_order": act_order, "grid": grid, "embedding": embedding, "format": fmt, "quantize_seconds": seconds,
           "rotate": rotate, "act_bits": act_bits, "act_format": act_format,
           "runtime": common.runtime_record(method, rotate),
           "calib_text": None if calib_text is None else str(Path(calib_text).resolve())}
-  return model, params, qparams, text, meta
+  return model, params, qparams, stored, meta
 
 
-def _data_free_report(kind, model, params, qparams, calib_text, with_outputs: bool) -> str:
-  """Per-layer weight SQNR (no data); with ``with_outputs`` also output SQNR on a few calibration samples."""
-  from jquant.cli import report as report_cli  # pylint: disable=import-outside-toplevel
-  inputs = {}
+def _report(kind, model, params, qparams, method, ptq_report=None, calib_text=None, with_outputs: bool = False):
+  """(report.txt text, `jquant.report.layer_rows` rows, folded scales) of a quantization: the pipeline's per-layer
+  report with the weight SQNR beside it; for a data-free method the weight SQNR alone (no data), or with
+  ``with_outputs`` also each layer's output SQNR in its runtime on a few calibration samples."""
+  from jquant.report import format_table, layer_rows  # pylint: disable=import-outside-toplevel
+  if ptq_report is not None:
+    div = ptq_report.divisors()
+    rows = layer_rows(params, qparams, output_sqnr={e.path: e.sqnr_db for e in ptq_report.layers}, divisors=div,
+                      extra={e.path: {"loss": e.loss, "seconds": e.seconds} for e in ptq_report.layers})
+    return str(ptq_report), rows, div
+  out = None
   if with_outputs:
-    from jquant.ptq.layer_inputs import capture_linear_inputs  # pylint: disable=import-outside-toplevel
+    from jquant.ptq.layer_errors import layer_errors  # pylint: disable=import-outside-toplevel
     n = kind.report_samples
-    common.log(f"--report: capturing layer inputs on {n} calibration samples")
+    common.log(f"--report: measuring layer outputs on {n} calibration {kind.sample_unit}")
     batches = kind.calibration_batches(model, calib_text=calib_text, num=n, seed=1)
-    inputs = capture_linear_inputs(model, params, batches)
-  rows = report_cli.layer_table(params, qparams, inputs)
-  return report_cli.format_table(rows)
+    out = layer_errors(common.with_matmul(model, method.matmul), params, qparams, batches)
+  rows = layer_rows(params, qparams, output_sqnr=out)
+  return format_table(rows), rows, {}
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -143,15 +149,17 @@ def next_commands(out: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
   check_args(args)
-  _, _, qparams, text, meta = quantize_real(args.model, args.method, args.bits, args.group_size, args.act_order,
-                                            args.calib_text, args.calib_samples, grid=args.grid,
-                                            embedding=args.embedding, report=args.report, fmt=args.format,
-                                            rotate=args.rotate, act_bits=args.act_bits,
-                                            act_format=args.act_format)
-  out = common.save_checkpoint(args.out, qparams, meta, overwrite=args.overwrite, files={"report.txt": text})
+  from jquant.cli import report as report_cli  # pylint: disable=import-outside-toplevel
+  _, _, qparams, (text, rows, divisors), meta = quantize_real(
+      args.model, args.method, args.bits, args.group_size, args.act_order, args.calib_text, args.calib_samples,
+      grid=args.grid, embedding=args.embedding, report=args.report, fmt=args.format, rotate=args.rotate,
+      act_bits=args.act_bits, act_format=args.act_format)
+  files, tensors = report_cli.stored_files(rows, text.splitlines()[0] if text else "", divisors)
+  out = common.save_checkpoint(args.out, qparams, meta, overwrite=args.overwrite,
+                               files={"report.txt": text, **files}, tensors=tensors)
   summary = text.splitlines()[0] if text else ""
   print(summary)
   print(f"wrote {out}/ (params.safetensors {common.params_nbytes(qparams) / 2**20:.1f} MiB of weights, meta.json, "
-        f"report.txt) in {meta['quantize_seconds']:.1f} s")
+        f"report.txt/.json) in {meta['quantize_seconds']:.1f} s")
   print(next_commands(out))
   return 0

@@ -1,9 +1,13 @@
-"""``python -m jquant report DIR [--budget-mb MB]``: per-layer quality of a quantized checkpoint.
+"""``python -m jquant report DIR [--recompute] [--budget-mb MB]``: per-layer quality of a quantized checkpoint.
 
-For every quantized linear: weight SQNR and output SQNR (``x @ W`` vs ``x @ dequantize(Wq)`` on inputs captured
-from the float model on calibration data), printed as a table (worst first) and plotted to ``DIR/layers.png``.
-With ``--budget-mb`` it suggests which layers to keep at 8 bit: greedily the worst layers by output SQNR, while
-the total weight size stays within the budget.
+``quantize`` stores its per-layer report in the checkpoint: ``report.json`` (the rows of `jquant.report.layer_rows`:
+weight SQNR, the pipeline's output SQNR on its calibration inputs, loss, time) and, for AWQ / SmoothQuant,
+``report.safetensors`` (the scales each layer's input / output was divided by, `jquant.report.LayerReport`).
+``report DIR`` prints that table (worst first) and plots it to ``DIR/layers.png``. ``--recompute`` (and a checkpoint
+without report.json) runs the checkpoint's own runtime -- the loaded model with its quantized params, input scales,
+folded norms, biases and run-time matmul -- on calibration samples and measures each layer's output against the
+float layer (`jquant.ptq.layer_errors`). With ``--budget-mb`` it suggests which layers to keep at 8 bit: greedily the
+worst layers, while the total weight size stays within the budget.
 """
 
 from __future__ import annotations
@@ -12,114 +16,95 @@ import argparse
 import json
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-import jquant as jq
 from jquant.cli import common
-from jquant.ptq.layer_inputs import capture_linear_inputs
 
 NAME = "report"
 HELP = "per-layer SQNR / output error of a quantized checkpoint (+ PNG, + a mixed-bit suggestion)"
 EPILOG = """examples:
-  python -m jquant report q/                     # per-layer weight / output SQNR, worst first (+ q/layers.png)
+  python -m jquant report q/                     # the per-layer table quantize stored, worst first (+ q/layers.png)
+  python -m jquant report q/ --recompute         # measure the checkpoint's runtime on calibration samples instead
   python -m jquant report q/ --budget-mb 80      # which layers to keep at 8 bit within 80 MiB of weights
-  python -m jquant report q/ --samples 2         # output SQNR on fewer calibration samples (faster)
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("dir", metavar="DIR", help="checkpoint folder written by `python -m jquant quantize`")
+  parser.add_argument("--recompute", action="store_true",
+                      help="run the checkpoint's runtime on calibration samples and measure every layer's output "
+                           "against the float layer (default: show the report quantize stored)")
   parser.add_argument("--budget-mb", type=float, default=None,
                       help="suggest layers to keep at 8 bit within this total weight size (MiB)")
-  parser.add_argument("--samples", type=int, default=8, help="calibration windows/paragraphs for output errors")
+  parser.add_argument("--samples", type=int, default=8,
+                      help="--recompute: calibration windows (smollm2) / paragraphs (minilm)")
 
 
-def layer_table(params, qparams, inputs: dict[str, np.ndarray]) -> list[dict]:
-  rows = []
-  flat_q = {jq.params.path_str(p): v for p, v in
-            jax.tree_util.tree_flatten_with_path(qparams, is_leaf=lambda x: isinstance(x, jq.QArray))[0]}
-  flat_f = {jq.params.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  for path, qa in flat_q.items():
-    if not isinstance(qa, jq.QArray):
-      continue
-    w = jnp.asarray(flat_f[path], jnp.float32)
-    wq = jq.dequantize(qa, jnp.float32)
-    row = {"layer": path.rsplit("/kernel", 1)[0], "qtype": qa.qtype.name, "bytes": qa.nbytes,
-           "bytes_fp32": int(w.size * 4), "weight_sqnr_db": float(jq.sqnr(w, wq)),
-           "bytes_int8": int(w.size + 4 * w.shape[-1])}    # int8 codes + one float32 scale per output channel
-    x = inputs.get(row["layer"])
-    if x is not None:
-      x = jnp.asarray(x, jnp.float32)
-      if "input_scale" in _subtree(qparams, row["layer"]):
-        x = x * jnp.asarray(_subtree(qparams, row["layer"])["input_scale"])
-      row["output_sqnr_db"] = float(jq.sqnr(x @ w, x @ wq))
-    rows.append(row)
-  rows.sort(key=lambda r: r.get("output_sqnr_db", r["weight_sqnr_db"]))
-  return rows
+def stored_files(rows: list[dict], summary: str, divisors: dict[str, dict]) -> tuple[dict, dict]:
+  """(``files``, ``tensors``) of `common.save_checkpoint` holding a report: report.json (+ report.safetensors with
+  the folded scales, nested by layer path)."""
+  from jquant.core.paths import unflatten  # pylint: disable=import-outside-toplevel
+  nested = unflatten({f"{layer}/{k}": np.asarray(v, np.float32) for layer, divs in divisors.items()
+                      for k, v in divs.items()})
+  files = {"report.json": json.dumps({"summary": summary, "rows": rows}, indent=1, allow_nan=True)}
+  return files, ({"report.safetensors": nested} if nested else {})
 
 
-def format_table(rows: list[dict]) -> str:
-  """A summary line (layer count, mean and worst SQNR), then the markdown table of `layer_table` rows."""
-  key = "output_sqnr_db" if any("output_sqnr_db" in r for r in rows) else "weight_sqnr_db"
-  measured = [r for r in rows if key in r]
-  worst = min(measured, key=lambda r: r[key]) if measured else None
-  head = (f"{len(rows)} quantized tensors, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB; {key[:-8]} SQNR mean "
-          f"{np.mean([r[key] for r in measured]):.2f} dB over {len(measured)}, worst {worst['layer']} "
-          f"{worst[key]:.2f} dB" if worst else "no quantized tensors")
-  lines = [head, "| layer | qtype | weight SQNR dB | output SQNR dB | KiB |", "|---|---|---|---|---|"]
-  lines += [f"| {r['layer']} | {r['qtype']} | {r['weight_sqnr_db']:.2f} | {r.get('output_sqnr_db', float('nan')):.2f} "
-            f"| {r['bytes'] / 1024:.1f} |" for r in rows]
-  return "\n".join(lines)
+def read_stored(path: Path) -> tuple[dict | None, dict[str, dict]]:
+  """(report.json's content or None, ``{layer: {"in_div", "out_div"}}``) of a checkpoint folder."""
+  import jquant as jq  # pylint: disable=import-outside-toplevel
+  f = path / "report.json"
+  stored = None
+  if f.is_file():
+    try:
+      stored = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{f}: invalid JSON ({e}); rerun with --recompute or re-run quantize.") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("rows"), list):
+      raise ValueError(f"{f}: expected {{'summary': ..., 'rows': [...]}}; rerun with --recompute or re-run quantize.")
+  divisors: dict[str, dict] = {}
+  if (path / "report.safetensors").is_file():
+    from jquant.core.paths import flatten  # pylint: disable=import-outside-toplevel
+    for p, v in flatten(jq.io.load_safetensors(path / "report.safetensors")).items():
+      layer, key = p.rsplit("/", 1)
+      divisors.setdefault(layer, {})[key] = np.asarray(v)
+  return stored, divisors
 
 
-def _subtree(tree, path: str):
-  for k in path.split("/"):
-    tree = tree[k]
-  return tree
-
-
-def suggest_8bit(rows: list[dict], budget_bytes: float) -> list[str]:
-  """Greedy: upgrade the worst layers (by output SQNR) to int8 per-channel (``bytes_int8``: codes + scales; ~1 byte
-  per weight when a row lacks it) while the total fits."""
-  total = sum(r["bytes"] for r in rows)
-  keep = []
-  for r in rows:
-    extra = r.get("bytes_int8", r["bytes_fp32"] // 4) - r["bytes"]
-    if extra > 0 and total + extra <= budget_bytes:
-      keep.append(r["layer"])
-      total += extra
-  return keep
-
-
-def plot(rows: list[dict], path: Path) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  vals = [r.get("output_sqnr_db", r["weight_sqnr_db"]) for r in rows]
-  fig, ax = plt.subplots(figsize=(8, max(3, 0.18 * len(rows))))
-  ax.barh(range(len(rows)), vals)
-  ax.set_yticks(range(len(rows)), [r["layer"] for r in rows], fontsize=6)
-  ax.invert_yaxis()
-  ax.set_xlabel("output SQNR (dB), worst first")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+def recompute(path: Path, kind, model, qparams, meta: dict, divisors: dict, samples: int) -> list[dict]:
+  """Rows measured on the checkpoint's runtime (module docstring)."""
+  from jquant.ptq.layer_errors import layer_errors  # pylint: disable=import-outside-toplevel
+  from jquant.report import layer_rows  # pylint: disable=import-outside-toplevel
+  fmodel, params = common.load_model(meta.get("model", kind.name))
+  if common.runtime_of(meta).get("rotate"):     # quantize rotated the float model with seed 0: the same reference
+    from jquant.models.rotation import rotate  # pylint: disable=import-outside-toplevel
+    _, params = rotate(fmodel, params, seed=0)
+  if not divisors and meta.get("method") in ("awq", "smoothquant"):
+    common.log(f"note: {path} records no folded scales (written before report.safetensors): layers whose scales "
+               "AWQ / SmoothQuant folded into a norm or a previous linear compare in scaled coordinates")
+  common.log(f"running the checkpoint's runtime on {samples} calibration {kind.sample_unit}")
+  batches = kind.calibration_batches(model, calib_text=meta.get("calib_text"), num=samples, seed=1)
+  return layer_rows(params, qparams, output_sqnr=layer_errors(model, params, qparams, batches, divisors),
+                    divisors=divisors)
 
 
 def run(args: argparse.Namespace) -> int:
+  from jquant.report import format_table, plot, suggest_8bit  # pylint: disable=import-outside-toplevel
   if args.samples < 1:
     raise ValueError(f"--samples {args.samples}: need at least 1 calibration window/paragraph for output errors.")
   if args.budget_mb is not None and not args.budget_mb > 0:   # also NaN
     raise ValueError(f"--budget-mb {args.budget_mb}: the size budget must be a positive number of MiB.")
   kind, model, qparams, meta = common.load_checkpoint(args.dir)
-  _, params = common.load_model(meta.get("model", kind.name))
-  batches = kind.calibration_batches(model, num=args.samples, seed=1)
-  inputs = capture_linear_inputs(model, params, batches)
-  rows = layer_table(params, qparams, inputs)
-  print(format_table(rows))
   out = Path(args.dir)
+  stored, divisors = read_stored(out)
+  if args.recompute or stored is None:
+    if stored is None:
+      common.log(f"{out} has no report.json (written before quantize stored its report): recomputing")
+    rows = recompute(out, kind, model, qparams, meta, divisors, args.samples)
+  else:
+    rows = stored["rows"]
+    print(f"stored by quantize: {stored.get('summary', '')}")
+  print(format_table(rows))
   plot(rows, out / "layers.png")
   (out / "layers.json").write_text(json.dumps(rows, indent=2))
   if args.budget_mb is not None:

@@ -6,14 +6,14 @@
 ``model``: any Flax Linen module (linears, blocks and groups found by interception, `linen_model`) or a
 `BlockwiseModel`. Methods (`methods/`, one file each) implement the `PTQMethod` protocol; `pipeline` drives them;
 `capture` reduces layer inputs to streaming statistics; `access` reads and writes linears as (K, N) matrices;
-`scaling` places AWQ / SmoothQuant scales; `runtime` runs a user's model with quantized params; `report` says what
-was done to every linear.
+`scaling` places AWQ / SmoothQuant scales; `runtime` runs a user's model with quantized params; `layer_errors`
+measures a running quantized model per layer. What was done to every linear is a `PTQReport` (`jquant.report`).
 """
 
 from jquant.ptq.methods import AWQ, ActQuant, AutoRound, GPTQ, HQQ, RTN, LLMInt8, SmoothQuant
 from jquant.ptq.pipeline import quantize_model, runtime_model
 from jquant.ptq.protocol import BlockwiseModel
-from jquant.ptq.report import LayerReport, PTQReport
+from jquant.report import LayerReport, PTQReport
 
 __all__ = ["AWQ", "ActQuant", "AutoRound", "BlockwiseModel", "GPTQ", "HQQ", "LLMInt8", "LayerReport", "PTQReport",
            "RTN", "SmoothQuant",

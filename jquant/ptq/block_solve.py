@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jquant.core.quantize import dequantize
 from jquant.ptq.access import copy_dicts, get_block, kernel_view, linear_leaves, put_block, set_kernel
 from jquant.ptq.capture import _block_fn, _program_index, capture_block, forward_block, token_mask
-from jquant.ptq.report import LayerReport, layer_sqnr
+from jquant.report import LayerReport, layer_sqnr
 
 TRACES = {"count": 0}      # how many times a learning program was traced (tests check one per block shape)
 

@@ -30,7 +30,7 @@ import numpy as np
 from jquant.core.quantize import quantize
 from jquant.core.views import stack_qarrays
 from jquant.ops.ragged import ragged_qdot
-from jquant.ptq.report import output_sqnr_db
+from jquant.report import sqnr_db as output_sqnr_db
 
 __all__ = ["FALLBACKS", "check_moe_options", "solve_experts", "experts_sqnr"]
 

@@ -41,7 +41,7 @@ from jquant.ptq.methods import check_method
 from jquant.ptq.moe import check_moe_options, experts_sqnr, solve_experts
 from jquant.ptq.protocol import BlockwiseModel
 from jquant.ptq.block_solve import learned_block
-from jquant.ptq.report import LayerReport, PTQReport, layer_sqnr, tree_nbytes
+from jquant.report import LayerReport, PTQReport, layer_sqnr, tree_nbytes
 from jquant.ptq.scaling import eff_gram, scale_plan
 
 __all__ = ["quantize_model", "runtime_model"]
@@ -99,8 +99,11 @@ def _full(name: str, p: str) -> str:
   return f"{name}/{p}" if name else p
 
 
-def _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries, wb=None, ob=None):
-  """True-sequential over the groups of block i on the quantized model's inputs; returns the block's outputs."""
+def _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries, wb=None, ob=None,
+                      scaling=None):
+  """True-sequential over the groups of block i on the quantized model's inputs; returns the block's outputs.
+  ``scaling``: what a transform folded into ``wb`` (its layers' SQNR is then taken in float coordinates)."""
+  in_div, out_div = (scaling.in_div, scaling.out_div) if scaling is not None else ({}, {})
   wb = get_block(model, work, name) if wb is None else wb
   ob = get_block(model, out, name) if ob is None else ob
   for paths in groups:
@@ -122,10 +125,11 @@ def _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method,
       if experts:
         sq = experts_sqnr(fp_leaves["kernel"], qa, stats[p])
       else:
-        sq = _sqnr(fp_leaves, linear_leaves(ob, p, view), stats[p].sample(), matmul=method.matmul)
+        sq = _sqnr(fp_leaves, linear_leaves(ob, p, view), stats[p].sample(), out_div=out_div.get(p),
+                   matmul=method.matmul, ref_out_div=out_div.get(p))
       k, n = fp_leaves["kernel"].shape[-2:]
       entries.append(LayerReport(_full(name, p), method.name, method.bits, sq, loss, time.perf_counter() - t0, k, n,
-                                 extra))
+                                 extra, in_div.get(p), out_div.get(p)))
   put_block(model, work, name, wb)
   put_block(model, out, name, ob)
   if i == "rest":
@@ -157,7 +161,8 @@ def _float_inputs_block(model, i, name, params, out, hs, ctxs, groups, keep, met
                scaling.in_div.get(p), scaling.out_div.get(p), method.matmul)
     k, n = leaves["kernel"].shape
     entries.append(LayerReport(_full(name, p), method.name, method.bits, sq, loss,
-                               shared + time.perf_counter() - t0, k, n, {**scaling.extra.get(p, {}), **extra}))
+                               shared + time.perf_counter() - t0, k, n, {**scaling.extra.get(p, {}), **extra},
+                               scaling.in_div.get(p), scaling.out_div.get(p)))
   put_block(model, out, name, block)
   return fp_outs if i != "rest" else hs
 
@@ -175,14 +180,15 @@ def _run_block(model, i, name, params, work, out, hs, ctxs, groups, keep, method
   _, stats = capture_block(model, i, wb, hs, ctxs, [p for g in groups for p in g], block_name=name,
                            outputs=False)
   block = copy_dicts(wb)
-  method.transform(block, stats, groups, scale_plan(model, groups), lambda p: keep(_full(name, p)),
-                   lambda p: kernel_view(model, p))
+  scaling = method.transform(block, stats, groups, scale_plan(model, groups), lambda p: keep(_full(name, p)),
+                             lambda p: kernel_view(model, p))
   ob = copy_dicts(block)
   if i == "rest":   # ``block`` is the whole working tree (dequantized blocks): keep ``out``'s quantized blocks and
     ob = copy_dicts(out)     # take the scaled outside linears (a generic model's plan only touches their leaves)
     for p in (p for g in groups for p in g):
       set_in(ob, p, copy_dicts(get_in(block, p)))
-  return _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries, wb=block, ob=ob)
+  return _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method, entries, wb=block, ob=ob,
+                           scaling=scaling)
 
 
 @functools.lru_cache(maxsize=16)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jquant.report.table import text_table
+
 
 @dataclasses.dataclass(frozen=True)
 class LeafEntry:
@@ -29,33 +31,14 @@ class QuantReport:
   def _with(self, status: str) -> list[LeafEntry]:
     return [e for e in self.entries if e.status == status]
 
-  @property
-  def quantized(self) -> list[LeafEntry]:
-    return self._with("quantized")
-
-  @property
-  def skipped(self) -> list[LeafEntry]:
-    return self._with("skipped")
-
-  @property
-  def kept(self) -> list[LeafEntry]:
-    return self._with("kept")
-
-  @property
-  def unmatched(self) -> list[LeafEntry]:
-    return self._with("unmatched")
-
-  @property
-  def unsupported(self) -> list[LeafEntry]:
-    return self._with("unsupported")
-
-  @property
-  def bytes_before(self) -> int:
-    return sum(e.bytes_before for e in self.entries)
-
-  @property
-  def bytes_after(self) -> int:
-    return sum(e.bytes_after for e in self.entries)
+  # the entries of each status ("quantized", "skipped", "kept", "unmatched", "unsupported"), and the byte totals
+  quantized = property(lambda self: self._with("quantized"))
+  skipped = property(lambda self: self._with("skipped"))
+  kept = property(lambda self: self._with("kept"))
+  unmatched = property(lambda self: self._with("unmatched"))
+  unsupported = property(lambda self: self._with("unsupported"))
+  bytes_before = property(lambda self: sum(e.bytes_before for e in self.entries))
+  bytes_after = property(lambda self: sum(e.bytes_after for e in self.entries))
 
   def as_dict(self) -> dict[str, Any]:
     return {"entries": [dataclasses.asdict(e) for e in self.entries], "unused_rules": list(self.unused_rules),
@@ -63,9 +46,8 @@ class QuantReport:
             "bytes_after": self.bytes_after}
 
   def __str__(self) -> str:
-    lines = [f"{'path':<48} {'shape':<16} {'status':<11} detail"]
-    for e in self.entries:
-      lines.append(f"{e.path:<48} {str(e.shape):<16} {e.status:<11} {e.detail}")
+    lines = text_table(("path", "shape", "status", "detail"),
+                       [(e.path, str(e.shape), e.status, e.detail) for e in self.entries])
     counts = {s: len(self._with(s)) for s in ("quantized", "skipped", "kept", "unmatched", "unsupported")}
     lines.append(", ".join(f"{k}: {v}" for k, v in counts.items()))
     ratio = self.bytes_before / max(self.bytes_after, 1)
