@@ -289,7 +289,7 @@ def load_checkpoint(path: str | Path):
   meta = read_meta(path)
   matmul = runtime_matmul(meta, path / "meta.json")
   model, _ = load_model(meta["model"], matmul=matmul)
-  if runtime_of(meta).get("rotate"):   # rotated params: untied head, online Hadamard before down_proj
+  if runtime_of(meta).get("rotate"):   # rotated: Llama untied head + online R4; BERT online input rotations
     from jquant.models.rotation import rotated_model  # pylint: disable=import-outside-toplevel
     model = rotated_model(model)
   params = jq.io.load_safetensors(path / "params.safetensors")

@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"data-free methods ({', '.join(common.DATA_FREE)}): also measure each layer's output "
                            "SQNR on a small calibration sample (default: weight SQNR only, no data)")
   parser.add_argument("--rotate", action="store_true",
-                      help="smollm2 / Llama: randomized Hadamard rotations first (QuaRot R1, R2 + online R4)")
+                      help="Hadamard rotations first: smollm2 / Llama: randomized QuaRot R1, R2 + online R4; minilm / BERT: "
+                           "an online Hadamard on every encoder linear's input")
   parser.add_argument("--act-bits", type=int, default=None, choices=(8, 4),
                       help="also quantize activations per token at run time (W4A8 / W4A4; weight-only methods)")
   parser.add_argument("--act-format", default=None, choices=common.FORMATS[1:],
@@ -82,8 +83,6 @@ def quantize_real(model_name: str, method_name: str, bits: int, group_size: int 
     group_size = kind.default_group
   method = common.with_act_bits(common.build_method(method_name, bits, group_size, act_order, grid, fmt), act_bits,
                                 act_format)
-  if rotate and not kind.causal_lm:
-    raise ValueError(f"--rotate supports Llama-architecture models (smollm2 or a Llama HF folder), got {model_name!r}.")
   common.embedding_spec(embedding)     # validate before the load
   t_load = time.perf_counter()
   model, params = common.load_model(model_name)

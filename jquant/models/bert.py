@@ -21,6 +21,8 @@ import numpy as np
 
 from jquant.models.blockwise import ArchConfig, BlockwiseBase, PyTree, run_method
 from jquant.models.layers import Embed, Linear, MatmulFn, attention
+from jquant.ops.hadamard import hadamard_transform
+from jquant.ops.hadamard import supported as hadamard_supported
 from jquant.ptq.scaling import ScalePlan, ScaleTarget
 
 __all__ = ["BertConfig", "BertBlock", "BertEncoder", "BertModel", "mean_pool_normalize"]
@@ -38,6 +40,8 @@ class BertConfig(ArchConfig):
   max_positions: int = 512
   type_vocab_size: int = 2
   ln_eps: float = 1e-12
+  rotate_inputs: bool = False    # every encoder linear's input goes through the Hadamard transform at run time
+                                 # (rotated models, `jquant.models.rotation`; each kernel holds H^T W)
 
   _sizes = ("max_positions", "type_vocab_size")
 
@@ -45,6 +49,15 @@ class BertConfig(ArchConfig):
     super().__post_init__()
     if not self.ln_eps > 0.0:
       raise ValueError(f"BertConfig.ln_eps must be > 0, got {self.ln_eps}.")
+    for n, what in ((self.hidden, "hidden"), (self.intermediate, "intermediate")):
+      if self.rotate_inputs and not hadamard_supported(n):
+        raise ValueError(f"BertConfig: rotate_inputs needs Hadamard sizes, got {what} = {n} (supported: K x 2^m, "
+                         "see jquant.ops.hadamard).")
+
+
+def _rot(cfg: BertConfig, x: jax.Array) -> jax.Array:
+  """The input of a linear: ``x H`` when the model is rotated (O(n log n); the kernel holds ``H^T W``)."""
+  return hadamard_transform(x) if cfg.rotate_inputs else x
 
 
 def _layer_norm(cfg: BertConfig, name: str) -> nn.LayerNorm:
@@ -74,9 +87,10 @@ class BertSelfAttention(nn.Module):
     bsz, t, _ = x.shape
     nh, hd = cfg.num_heads, cfg.head_dim
     lin = lambda name: Linear(cfg.hidden, matmul=self.matmul, name=name)
+    x = _rot(cfg, x)
     q, k, v = (lin(n)(x).reshape(bsz, t, nh, hd) for n in ("query", "key", "value"))
     out = attention(q, k, v, mask[:, None, :])          # every query sees the real (unpadded) keys
-    return lin("output")(out.reshape(bsz, t, cfg.hidden))
+    return lin("output")(_rot(cfg, out.reshape(bsz, t, cfg.hidden)))
 
 
 class BertBlock(nn.Module):
@@ -89,9 +103,9 @@ class BertBlock(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     cfg = self.config
     x = _layer_norm(cfg, "attention_layernorm")(x + BertSelfAttention(cfg, self.matmul, name="attention")(x, mask))
-    h = Linear(cfg.intermediate, matmul=self.matmul, name="intermediate")(x)
+    h = Linear(cfg.intermediate, matmul=self.matmul, name="intermediate")(_rot(cfg, x))
     h = jax.nn.gelu(h, approximate=False)
-    h = Linear(cfg.hidden, matmul=self.matmul, name="output")(h)
+    h = Linear(cfg.hidden, matmul=self.matmul, name="output")(_rot(cfg, h))
     return _layer_norm(cfg, "output_layernorm")(x + h)
 
 
@@ -173,10 +187,12 @@ class BertModel(BlockwiseBase):
 
   def scale_plan(self, groups) -> ScalePlan | None:
     """AWQ / SmoothQuant fold targets (`jquant.ptq.scaling`). BERT is post-LN: the LayerNorm output is the
-    residual stream, so the LN-fed groups take an explicit input_scale; value -> attention output folds exactly."""
+    residual stream, so the LN-fed groups take an explicit input_scale; value -> attention output folds exactly
+    (not across the online Hadamard of a rotated encoder: there the output linear takes an input_scale too)."""
     if len(groups) != 4:
       return None
-    return ScalePlan((ScaleTarget("input_scale", None, True), ScaleTarget("linear", "attention/value"),
+    o_target = ScaleTarget("input_scale") if self.config.rotate_inputs else ScaleTarget("linear", "attention/value")
+    return ScalePlan((ScaleTarget("input_scale", None, True), o_target,
                       ScaleTarget("input_scale", None, True), ScaleTarget("input_scale")),
                      frozenset({"attention/query", "attention/key"}))
 

@@ -249,13 +249,15 @@ class LlamaModel(BlockwiseBase):
 
   def scale_plan(self, groups) -> ScalePlan | None:
     """AWQ / SmoothQuant fold targets (`jquant.ptq.scaling`): input_layernorm -> q/k/v, v_proj -> o_proj (only
-    without grouped-query attention), post_attention_layernorm -> gate/up, up_proj -> down_proj."""
+    without grouped-query attention), post_attention_layernorm -> gate/up, up_proj -> down_proj (an input_scale
+    when the model is rotated online: R4 sits between up_proj and down_proj)."""
     if len(groups) != 4:
       return None
     cfg = self.config
     o_target = ScaleTarget("linear", "self_attn/v_proj") if cfg.num_kv_heads == cfg.num_heads else ScaleTarget("none")
+    down_target = ScaleTarget("input_scale") if cfg.rotate_down else ScaleTarget("linear", "mlp/up_proj")
     return ScalePlan((ScaleTarget("norm", "input_layernorm", True), o_target,
-                      ScaleTarget("norm", "post_attention_layernorm", True), ScaleTarget("linear", "mlp/up_proj")),
+                      ScaleTarget("norm", "post_attention_layernorm", True), down_target),
                      frozenset({"self_attn/q_proj", "self_attn/k_proj"}))
 
   def linear_groups(self) -> Sequence[Sequence[str]]:

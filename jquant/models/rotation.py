@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core.qarray import QArray
+from jquant.models.bert import BertConfig
 from jquant.models.llama import LlamaConfig
+from jquant.models.rotation_bert import rotate_bert, rotated_bert
 from jquant.ops.hadamard import hadamard_matrix, random_signs
 from jquant.ops.hadamard import supported as hadamard_supported
 
@@ -37,24 +39,29 @@ __all__ = ["rotate", "rotated_model"]
 PyTree = Any
 
 
-def _check_model(model) -> LlamaConfig:
+def _check_model(model) -> LlamaConfig | BertConfig:
   cfg = getattr(model, "config", None)
-  if not isinstance(cfg, LlamaConfig):
+  if not isinstance(cfg, (LlamaConfig, BertConfig)):
     raise TypeError(f"rotate: expected a Llama-architecture model with a LlamaConfig .config (e.g. "
-                    f"jquant.models.SmolLM2), got {type(model).__name__}; encoders (MiniLM) are not supported.")
+                    f"jquant.models.SmolLM2) or a BERT encoder with a BertConfig (MiniLM), got "
+                    f"{type(model).__name__}.")
   return cfg
 
 
 def rotated_model(model, online: bool = True):
   """The model that runs rotated params: same class, untied head, ``rotate_down=online``; for loading a rotated
-  checkpoint whose params were produced by `rotate`."""
+  checkpoint whose params were produced by `rotate`. BERT encoders: ``rotate_inputs=True`` (`rotation_bert`)."""
   cfg = _check_model(model)
+  if isinstance(cfg, BertConfig):
+    _bert_online(online)
+    return rotated_bert(model)
   new = dataclasses.replace(cfg, tie_embeddings=False, rotate_down=bool(online))
   return type(model)(new, matmul=getattr(model, "matmul", None), tokenizer=getattr(model, "tokenizer", None))
 
 
 def rotate(model, params: PyTree, seed: int = 0, *, online: bool = True) -> tuple[Any, PyTree]:
-  """Rotates a Llama-architecture model's float params (module docstring).
+  """Rotates a Llama-architecture model's float params (module docstring), or a BERT encoder's
+  (`jquant.models.rotation_bert`: online input rotations only, plain Hadamard: ``seed`` is not used there).
 
   Args:
     model: a ``jquant.models.SmolLM2`` (or any model with a `LlamaConfig` ``.config`` rebuilt as
@@ -67,17 +74,19 @@ def rotate(model, params: PyTree, seed: int = 0, *, online: bool = True) -> tupl
     (rotated model, rotated float32 params) computing the same function.
   """
   cfg = _check_model(model)
-  if cfg.rotate_down:
-    raise ValueError("rotate: the model is already rotated (config.rotate_down is set); rotate the original params.")
   if isinstance(seed, bool) or not isinstance(seed, int):
     raise TypeError(f"rotate: seed must be an int, got {seed!r}.")
+  if isinstance(cfg, BertConfig):
+    _bert_online(online)
+    _check_float(params)
+    return rotate_bert(model, params)
+  if cfg.rotate_down:
+    raise ValueError("rotate: the model is already rotated (config.rotate_down is set); rotate the original params.")
   for n, what in ((cfg.hidden, "hidden"), (cfg.head_dim, "head_dim"), (cfg.intermediate, "intermediate")):
     if (what != "intermediate" or online) and not hadamard_supported(n):
       raise ValueError(f"rotate: {what} = {n} has no Hadamard matrix (supported: K x 2^m with a Paley K, see "
                        "jquant.ops.hadamard).")
-  leaves = jax.tree.leaves(params, is_leaf=lambda a: isinstance(a, QArray))
-  if any(isinstance(a, QArray) for a in leaves):
-    raise ValueError("rotate: params hold quantized (QArray) leaves; rotate the float params, then quantize.")
+  _check_float(params)
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   r1 = hadamard_matrix(cfg.hidden, random_signs(cfg.hidden, seed))
   r2 = hadamard_matrix(cfg.head_dim, random_signs(cfg.head_dim, seed + 1))
@@ -91,6 +100,18 @@ def rotate(model, params: PyTree, seed: int = 0, *, online: bool = True) -> tupl
   for i in range(cfg.num_layers):
     out[f"layers_{i}"] = _rotate_block(cfg, p[f"layers_{i}"], r1, r2, r4)
   return rotated_model(model, online), jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), out)
+
+
+def _check_float(params) -> None:
+  leaves = jax.tree.leaves(params, is_leaf=lambda a: isinstance(a, QArray))
+  if any(isinstance(a, QArray) for a in leaves):
+    raise ValueError("rotate: params hold quantized (QArray) leaves; rotate the float params, then quantize.")
+
+
+def _bert_online(online) -> None:
+  if not online:
+    raise ValueError("rotate: a post-LayerNorm BERT encoder has only online (run-time) rotations (the LayerNorm "
+                     "does not commute with an offline residual rotation); use online=True.")
 
 
 def _read(w: np.ndarray, gamma: np.ndarray, r1: np.ndarray) -> np.ndarray:

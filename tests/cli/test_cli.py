@@ -131,14 +131,12 @@ def test_meta_json_written_before_the_runtime_record_still_loads(tmp_path, monke
 
 
 def test_rotate_and_act_bits_flags(tmp_path, capsys):
-  """--act-bits wraps weight-only methods only; --rotate is for Llama models; both fail before any loading."""
+  """--act-bits wraps weight-only methods only (fails before any loading)."""
   m = common.with_act_bits(common.build_method("gptq", 4, 64), 8)
   assert m.name == "gptq+a8" and common.with_act_bits(m.method, None) is m.method
   assert main(["quantize", "--model", "smollm2", "--method", "smoothquant", "--bits", "8", "--act-bits", "8",
                "--out", str(tmp_path / "a")]) == 1
   assert "already quantizes activations" in capsys.readouterr().err
-  assert main(["quantize", "--model", "minilm", "--method", "rtn", "--rotate", "--out", str(tmp_path / "b")]) == 1
-  assert "--rotate supports Llama-architecture models" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     main(["quantize", "--model", "smollm2", "--method", "rtn", "--act-bits", "2", "--out", str(tmp_path / "c")])
 

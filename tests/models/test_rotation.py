@@ -99,3 +99,51 @@ def test_export_refuses_online_rotation(rng, tmp_path):
   rmodel, rparams = rotate(model, params)
   with pytest.raises(ValueError, match="online Hadamard"):
     export_pretrained(rmodel, rparams, tmp_path / "x", "float")
+
+
+# BERT (post-LN): hidden 48 = 12 x 4, intermediate 96 = 12 x 8
+TINY_BERT = dict(vocab_size=41, hidden=48, intermediate=96, num_layers=2, num_heads=3, max_positions=16)
+
+
+def test_rotated_bert_computes_the_same_embeddings(rng):
+  from jquant.models import MiniLM
+  from jquant.models.bert import BertConfig
+  model = MiniLM(BertConfig(**TINY_BERT))
+  params = randomize(model.init(jax.random.PRNGKey(0)), rng)
+  ids = jnp.asarray(rng.integers(1, TINY_BERT["vocab_size"], (2, 7)), jnp.int32)
+  batch = {"input_ids": ids, "attention_mask": jnp.ones_like(ids).at[1, 5:].set(0)}
+  rmodel, rparams = rotate(model, params)
+  assert rmodel.config.rotate_inputs and not model.config.rotate_inputs
+  # every encoder kernel is H^T W (float64 oracle), embeddings and norms untouched
+  for path, n in (("attention/query", 48), ("attention/output", 48), ("intermediate", 48), ("output", 96)):
+    a, b = params["layer_1"], rparams["layer_1"]
+    for k in path.split("/"):
+      a, b = a[k], b[k]
+    np.testing.assert_allclose(np.asarray(b["kernel"]), hadamard_matrix(n).T @ np.asarray(a["kernel"], np.float64),
+                               atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(b["bias"]), np.asarray(a["bias"]))
+  ref = np.asarray(model.apply(params, batch), np.float64)
+  got = np.asarray(rmodel.apply(rparams, batch), np.float64)
+  # unit vectors, float32, 2 post-LN blocks of width <= 96: ~1e-6 per op
+  np.testing.assert_allclose(got, ref, atol=2e-5, rtol=0)
+  assert rotated_model(model).config.rotate_inputs
+  with pytest.raises(ValueError, match="already rotated"):
+    rotate(rmodel, rparams)
+  with pytest.raises(ValueError, match="only online"):
+    rotate(model, params, online=False)
+  with pytest.raises(ValueError, match="rotate_inputs needs Hadamard sizes"):
+    BertConfig(**{**TINY_BERT, "hidden": 42, "num_heads": 3}, rotate_inputs=True)
+
+
+def test_scale_plans_do_not_fold_across_online_rotations(rng):
+  """AWQ / SmoothQuant scales fold into the previous linear only where no online Hadamard sits between them."""
+  from jquant.models import MiniLM
+  from jquant.models.bert import BertConfig
+  model, params, _ = _setup(rng)
+  groups = model.linear_groups()
+  assert model.scale_plan(groups).targets[3].kind == "linear"
+  assert rotated_model(model, online=False).scale_plan(groups).targets[3].kind == "linear"
+  assert rotated_model(model).scale_plan(groups).targets[3].kind == "input_scale"       # R4 before down_proj
+  bert = MiniLM(BertConfig(**TINY_BERT))
+  assert bert.scale_plan(bert.linear_groups()).targets[1].kind == "linear"
+  assert rotated_model(bert).scale_plan(bert.linear_groups()).targets[1].kind == "input_scale"
