@@ -89,6 +89,10 @@ def export_pretrained(model: Any, params: dict, out_dir: str | Path, fmt: str = 
     raise ValueError("export_pretrained: this model computes an online Hadamard transform before down_proj "
                      "(jquant.models.rotation, rotate_down=True), which Hugging Face configs cannot express; export a "
                      "model rotated with online=False, or the unrotated one.")
+  if settings.pop("rotate_inputs", False):
+    raise ValueError("export_pretrained: this encoder computes an online Hadamard transform before every linear "
+                     "(jquant.models.rotation, rotate_inputs=True), which Hugging Face configs cannot express; export "
+                     "the unrotated model.")
   tk = model.tokenizer
   tok_json = tk.to_str() if tk is not None else None
   bos_id = eos_id = None

@@ -147,3 +147,12 @@ def test_scale_plans_do_not_fold_across_online_rotations(rng):
   bert = MiniLM(BertConfig(**TINY_BERT))
   assert bert.scale_plan(bert.linear_groups()).targets[1].kind == "linear"
   assert rotated_model(bert).scale_plan(bert.linear_groups()).targets[1].kind == "input_scale"
+
+
+def test_export_refuses_a_rotated_encoder(rng, tmp_path):
+  from jquant.models import MiniLM, export_pretrained
+  from jquant.models.bert import BertConfig
+  model = MiniLM(BertConfig(**TINY_BERT))
+  rmodel, rparams = rotate(model, model.init(jax.random.PRNGKey(0)))
+  with pytest.raises(ValueError, match="online Hadamard transform before every linear"):
+    export_pretrained(rmodel, rparams, tmp_path / "x", "float")
