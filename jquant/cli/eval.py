@@ -66,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
   else:
     ref = None
     if args.dir is not None and kind.vs_float:   # compare the quantized model to its float one
-      _, ref = common.load_model(meta.get("model", kind.name))
+      ref_model, ref = common.load_model(meta.get("model", kind.name))
+      if common.runtime_of(meta).get("rotate"):   # the checkpoint runs rotated params: compare to the rotated float
+        from jquant.models.rotation import rotate  # pylint: disable=import-outside-toplevel
+        _, ref = rotate(ref_model, ref)
     lines = kind.format_metrics(kind.evaluate(model, params, ref_params=ref, text=text, windows=args.windows,
                                               paragraphs=args.paragraphs))
   print("\n".join(lines))

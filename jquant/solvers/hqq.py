@@ -43,9 +43,9 @@ def shrink_lp(x, beta, p: float):
   return jnp.sign(x) * jax.nn.relu(a - jnp.power(jnp.maximum(a, 1e-30), p - 1.0) / beta)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "iters", "p", "kappa", "integer_zero"))
+@functools.partial(jax.jit, static_argnames=("spec", "iters", "p", "kappa", "integer_zero", "fit_scale"))
 def hqq_solve(w, *, spec: QuantSpec, iters: int = 20, p: float = 0.7, beta: float = 10.0, kappa: float = 1.01,
-              integer_zero: bool = True):
+              integer_zero: bool = True, fit_scale: bool = True):
   """The jittable HQQ core: per-group ``(scale, zero, iterations run)`` of ``w``, both of
   ``spec.granularity.scale_shape(w.shape)`` (``zero`` holds integers unless ``integer_zero=False``)."""
   qt = spec.qtype
@@ -66,6 +66,7 @@ def hqq_solve(w, *, spec: QuantSpec, iters: int = 20, p: float = 0.7, beta: floa
     z_new = jnp.mean(q - target / s, axis=-1, keepdims=True)
     if integer_zero:
       z_new = jnp.clip(jnp.round(z_new), qt.qmin, qt.qmax)
+    if integer_zero and fit_scale:
       c = q - z_new
       cc = jnp.sum(c * c, axis=-1, keepdims=True)
       s_ls = jnp.sum(target * c, axis=-1, keepdims=True) / jnp.maximum(cc, 1e-30)

@@ -42,6 +42,20 @@ def test_method_and_spec_validation():
 
 @pytest.mark.slow
 @pytest.mark.assets
+def test_rotated_minilm_checkpoint_is_compared_to_its_fp32_function(tmp_path, capsys):
+  """eval of a --rotate MiniLM checkpoint compares it to the rotated fp32 encoder (the same function), not to the
+  unrotated params run through the rotated model (which gave mean cos ~0)."""
+  out = tmp_path / "q"
+  assert main(["quantize", "--model", "minilm", "--method", "rtn", "--bits", "8", "--rotate", "--out", str(out)]) == 0
+  assert json.loads((out / "meta.json").read_text())["rotate"] is True
+  capsys.readouterr()
+  assert main(["eval", str(out), "--paragraphs", "32"]) == 0
+  cos = float(capsys.readouterr().out.split("mean_cos")[1].split()[0])
+  assert cos > 0.999          # int8 per-channel weights of the rotated encoder
+
+
+@pytest.mark.slow
+@pytest.mark.assets
 def test_quantize_eval_report_minilm(tmp_path):
   out = tmp_path / "q"
   run = lambda *a: subprocess.run([sys.executable, "-m", "jquant", *a], cwd=ROOT, capture_output=True, text=True,
