@@ -2,8 +2,8 @@
 
 Loads the model, quantizes it with every method of ``CONFIGS`` (RTN, GPTQ, AWQ at w4 and w3, group 64 for SmolLM2 /
 128 for MiniLM; RTN w8, SmoothQuant W8A8, LLM.int8; GPTQ w4 on the importance-weighted imatrix grid; with
-``--extended`` also imatrix w3, HQQ and 2-bit RTN / GPTQ / HQQ rows; AutoRound is left out: 200 sign-SGD steps per
-block take far longer than the demo on a CPU), quantizes the token embedding (SmolLM2: also the tied LM head)
+``--extended`` also imatrix w3, HQQ, 2-bit RTN / GPTQ / HQQ and Hadamard-rotated GPTQ w4 / w3 rows; AutoRound is
+left out: 200 sign-SGD steps per block take far longer than the demo on a CPU), quantizes the token embedding (SmolLM2: also the tied LM head)
 to int8 per row (``--embedding``), evaluates each (SmolLM2: Hamlet perplexity; MiniLM: embedding cosine to fp32)
 and prints a table: method, bits, embedding, bytes of weights stored and their ratio to bf16, quality, quantization
 time. One row repeats GPTQ w4 with a float embedding: the cost of quantizing the embedding. Writes ``table.md``,
@@ -46,6 +46,7 @@ class Config:
     options: extra ``(name, value)`` keyword arguments for `common.build_method`.
     extended: only with ``--extended`` (the imatrix, HQQ and 2-bit rows: each GPTQ row costs minutes on a CPU, and
       the default demo keeps to its time budget).
+    rotate: quantize the Hadamard-rotated model (`jquant.models.rotation`, seed 0; the same float function).
   """
 
   label: str
@@ -56,6 +57,7 @@ class Config:
   float_embedding_row: bool = False
   options: tuple = ()
   extended: bool = False
+  rotate: bool = False
 
 
 # RTN on the plain min/max grid (the EVAL.md baselines); GPTQ with act-order and the MSE-searched group ranges; AWQ
@@ -77,6 +79,9 @@ CONFIGS: tuple[Config, ...] = (
     Config("GPTQ (act-order, MSE grid)", "gptq", 2, act_order=True, grid="mse", extended=True),
     Config("GPTQ (act-order, imatrix grid)", "gptq", 2, act_order=True, grid="imatrix", extended=True),
     Config("HQQ", "hqq", 2, extended=True),
+    Config("GPTQ rotated (act-order, MSE grid)", "gptq", 4, act_order=True, grid="mse", extended=True, rotate=True),
+    Config("GPTQ rotated (act-order, imatrix grid)", "gptq", 3, act_order=True, grid="imatrix", extended=True,
+           rotate=True),
 )
 
 
@@ -86,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--methods", default=None,
                       help=f"comma-separated subset of methods to run ({','.join(common.METHODS)})")
   parser.add_argument("--extended", action="store_true",
-                      help="also run the extended rows (GPTQ imatrix w3, HQQ, and every 2-bit row): several more "
+                      help="also run the extended rows (GPTQ imatrix w3, HQQ, every 2-bit row, rotated GPTQ w4 / w3): "
+                           "several more "
                            "minutes per row on a CPU")
   parser.add_argument("--embedding", default="int8", choices=common.EMBEDDINGS,
                       help="the token embedding (smollm2: also the tied LM head) of every quantized row: int8 per row "
@@ -111,8 +117,6 @@ def _check(args: argparse.Namespace) -> set | None:
 
 
 def run(args: argparse.Namespace) -> int:
-  from jquant import ptq  # pylint: disable=import-outside-toplevel
-
   wanted = _check(args)
   kind = common.model_kind(args.model)
   name = kind.name
@@ -130,19 +134,17 @@ def run(args: argparse.Namespace) -> int:
   common.log("evaluating the fp32 reference")
   evaluate = kind.evaluator(model, params if kind.vs_float else None, None, args.windows, 512)
   rows = [_row("fp32 (reference)", 32, None, "float", params, bf16, evaluate(model, params), 0.0)]
+  rotated = {}
   for n, c in enumerate(configs, 1):
     g = group if c.bits < 8 else None
     method = common.build_method(c.method, c.bits, g, c.act_order, c.grid, **dict(c.options))
     common.log(f"[{n}/{len(configs)}, {time.perf_counter() - t_start:.0f} s so far] {c.label} "
                f"w{c.bits}{f' g{g}' if g else ''}: quantizing")
     t0 = time.perf_counter()
-    if c.method in common.DATA_FREE and c.grid != "imatrix":   # no calibration: linears quantized directly
-      lin = common.quantize_data_free(model, params, method)
-    else:
-      lin, _ = ptq.quantize_model(model, params, batches, method, progress=True)
-    qparams = common.quantize_embedding(kind, lin, params, args.embedding)
+    m, p, lin = quantize_config(c, method, model, params, batches, rotated)
+    qparams = common.quantize_embedding(kind, lin, p, args.embedding)
     seconds = time.perf_counter() - t0
-    qmodel = common.with_matmul(model, getattr(method, "matmul", None))
+    qmodel = common.with_matmul(m, getattr(method, "matmul", None))
     rows.append(_row(c.label, c.bits, g, args.embedding, qparams, bf16, evaluate(qmodel, qparams), seconds))
     common.log(f"  -> {_quality_str(kind, rows[-1])}, {rows[-1]['size_mb']:.1f} MB, {seconds:.1f} s")
     if c.float_embedding_row and args.embedding != "float":
@@ -157,6 +159,19 @@ def run(args: argparse.Namespace) -> int:
   print(f"\nnext: python -m jquant quantize --model {name} --method gptq --bits 4 --act-order --grid mse --out q/"
         f"\n      python -m jquant eval q/   |   python -m jquant report q/   |   python -m jquant --help")
   return 0
+
+
+def quantize_config(c: Config, method, model, params, batches, rotated: dict):
+  """(model, float params, params with the block linears quantized) of one row: the Hadamard-rotated model when
+  ``c.rotate`` (rotated once and kept in ``rotated``), the data-free path for data-free methods."""
+  from jquant import ptq  # pylint: disable=import-outside-toplevel
+  if c.rotate and not rotated:
+    from jquant.models.rotation import rotate  # pylint: disable=import-outside-toplevel
+    rotated["model"], rotated["params"] = rotate(model, params, seed=0)
+  m, p = (rotated["model"], rotated["params"]) if c.rotate else (model, params)
+  if c.method in common.DATA_FREE and c.grid != "imatrix":   # no calibration: linears quantized directly
+    return m, p, common.quantize_data_free(m, p, method)
+  return m, p, ptq.quantize_model(m, p, batches, method, progress=True)[0]
 
 
 def _row(label, bits, group, embedding, qparams, bf16, quality, seconds) -> dict:

@@ -108,3 +108,20 @@ def test_every_help_ends_with_worked_examples():
   for t in texts:
     tail = t[t.index("examples:"):]
     assert 2 <= sum(line.lstrip().startswith(("python -m jquant", "make ")) for line in tail.splitlines()) <= 4, t
+
+
+def test_demo_rotated_rows_quantize_the_rotated_model_once(rng):
+  """A ``rotate=True`` demo row quantizes the Hadamard-rotated model (the same float function), rotated once."""
+  from jquant.cli import demo
+  model, params = _tiny(SmolLM2(TINY_LLAMA), int(rng.integers(1 << 30)))
+  ids = jnp.asarray(rng.integers(0, TINY_LLAMA.vocab_size, (2, 8)), jnp.int32)
+  cache = {}
+  c = demo.Config("RTN rotated", "rtn", 8, rotate=True)
+  m, p, lin = demo.quantize_config(c, common.build_method("rtn", 8, None), model, params, None, cache)
+  assert m.config.rotate_down and not model.config.rotate_down and cache["params"] is p
+  ref = np.asarray(model.apply(params, ids), np.float64)
+  np.testing.assert_allclose(np.asarray(m.apply(p, ids), np.float64), ref, atol=2e-5 * np.abs(ref).max())
+  got = np.asarray(m.apply(lin, ids), np.float64)          # int8 per-channel linears of the rotated model
+  assert 0 < np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+  assert demo.quantize_config(c, common.build_method("rtn", 4, 8), model, params, None, cache)[1] is p
+  assert [x.rotate for x in demo.CONFIGS if x.rotate] and all(x.extended for x in demo.CONFIGS if x.rotate)
