@@ -18,7 +18,8 @@ exact), and rounding the reference's solved ``z`` afterwards loses its whole gai
 g64: w4 MSE 11.43 RTN -> 10.19 float z -> 11.46 rounded z). So jquant's solver keeps ``z`` on the integer grid in
 every iteration and fits the step ``s`` against the same proximal target instead (the same weights: w4 10.78,
 w3 51.2 -> 43.2, w2 223 -> 145). ``integer_zero=False`` runs the reference iteration (float ``z``, fixed ``s``),
-for comparison; its zero points cannot be stored.
+for comparison; its zero points cannot be stored. ``fit_scale=False`` keeps the integer zero but not the
+least-squares step (the step stays the group's min/max one).
 """
 
 from __future__ import annotations

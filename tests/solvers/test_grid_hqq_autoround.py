@@ -68,8 +68,8 @@ def test_gptq_imatrix_lowers_output_error(rng):
   assert err(rtn_imx) < err(jq.quantize(w, _spec()))
 
 
-def _np_hqq(w, qmax, g, iters, p=0.7, beta=10.0, kappa=1.01):
-  """float64 transcription of jquant's HQQ iteration (integer zero, least-squares step)."""
+def _np_hqq(w, qmax, g, iters, p=0.7, beta=10.0, kappa=1.01, fit_scale=True):
+  """float64 transcription of jquant's HQQ iteration (integer zero, least-squares step unless not fit_scale)."""
   k, n = w.shape
   t = w.reshape(k // g, g, n).transpose(0, 2, 1)
   lo, hi = np.minimum(t.min(-1, keepdims=True), 0), np.maximum(t.max(-1, keepdims=True), 0)
@@ -86,7 +86,7 @@ def _np_hqq(w, qmax, g, iters, p=0.7, beta=10.0, kappa=1.01):
     c = q - z
     cc = (c * c).sum(-1, keepdims=True)
     s_ls = (target * c).sum(-1, keepdims=True) / np.maximum(cc, 1e-30)
-    s = np.where((cc > 0) & (s_ls > 0), s_ls, s)
+    s = np.where((cc > 0) & (s_ls > 0) & fit_scale, s_ls, s)
     beta *= kappa
     e = np.mean(np.abs(t - wr))
     if not e < best:
@@ -102,6 +102,10 @@ def test_hqq_iteration_matches_float64_reference(rng):
   assert int(n) == 3
   np.testing.assert_allclose(np.asarray(s), s_ref, rtol=2e-4)
   assert np.mean(np.asarray(z) == z_ref) > 0.97          # rounding ties may differ in float32
+  s, z, _ = hqq_solve(jnp.asarray(w, jnp.float32), spec=_spec(), iters=3, fit_scale=False)   # the step stays min/max
+  s_ref, z_ref = _np_hqq(w, 7, 16, 3, fit_scale=False)
+  np.testing.assert_allclose(np.asarray(s), s_ref, rtol=1e-6)
+  assert np.mean(np.asarray(z) == z_ref) > 0.97
 
 
 def test_hqq_beats_rtn_on_heavy_tailed_weights(rng):
