@@ -49,8 +49,11 @@ def quality(row: dict) -> float:
   return row.get("output_sqnr_db", row["weight_sqnr_db"])
 
 
-def _transformed(w, div: dict | None):
-  """The float kernel in the running layer's coordinates: rows times ``in_div``, columns divided by ``out_div``."""
+def _transformed(w, div: dict | None, input_scale=None):
+  """The float kernel in the running layer's coordinates: rows times ``in_div`` and divided by the layer's own
+  ``input_scale`` (the runtime multiplies its input by it), columns divided by ``out_div``."""
+  if input_scale is not None:
+    w = w / jnp.asarray(input_scale, jnp.float32).reshape(-1, *([1] * (w.ndim - 1)))
   if not div:
     return w
   if "in_div" in div:
@@ -70,13 +73,14 @@ def layer_rows(params, qparams, *, output_sqnr: dict[str, float] | None = None,
     divisors: ``{layer: {"in_div", "out_div"}}`` scales a transform folded (`PTQReport.divisors`).
     extra: ``{layer: {...}}`` more columns (e.g. the pipeline's ``loss`` and ``seconds``).
   """
-  flat_f = flatten(params)
+  flat_f, flat_q = flatten(params), flatten(qparams)
   rows = []
-  for path, qa in flatten(qparams).items():
+  for path, qa in flat_q.items():
     if not isinstance(qa, QArray):
       continue
     layer = path.rsplit("/kernel", 1)[0]
-    w = _transformed(jnp.asarray(flat_f[path], jnp.float32), (divisors or {}).get(layer))
+    w = _transformed(jnp.asarray(flat_f[path], jnp.float32), (divisors or {}).get(layer),
+                     flat_q.get(f"{layer}/input_scale"))
     row = {"layer": layer, "qtype": qa.qtype.name, "bytes": qa.nbytes, "bytes_fp32": int(w.size * 4),
            "bytes_int8": int(w.size + 4 * w.shape[-1]), "weight_sqnr_db": sqnr_db(w, dequantize(qa, jnp.float32))}
     if output_sqnr is not None and layer in output_sqnr:

@@ -46,14 +46,17 @@ def test_layer_rows_match_numpy(rng):
                     "b": {"kernel": jnp.asarray(rng.standard_t(3, (32, 48)), jnp.float32)},
                     "c": {"kernel": jnp.asarray(rng.standard_normal((48, 16)) * 3, jnp.float32)}}}
   div = {"blk/b": {"in_div": np.exp(rng.normal(0, 0.5, 32)), "out_div": np.exp(rng.normal(0, 0.5, 48))}}
+  s_c = np.exp(rng.normal(0, 0.5, 48))           # an AWQ scale kept as the layer's own input_scale (1 / s)
   scaled = {"blk": {**params["blk"], "b": {"kernel": params["blk"]["b"]["kernel"] * div["blk/b"]["in_div"][:, None]
-                                           / div["blk/b"]["out_div"]}}}
+                                           / div["blk/b"]["out_div"]},
+                    "c": {"kernel": params["blk"]["c"]["kernel"] * s_c[:, None]}}}
   cfg = jq.QuantConfig(rules=[
       jq.QuantRule(r"blk/a/kernel", jq.QuantSpec(qtype=jq.UINT8, granularity=jq.PerGroup(axis=0, size=16),
                                                  symmetric=False)),
       jq.QuantRule(r"blk/b/kernel", jq.QuantSpec(qtype=jq.INT8, granularity=jq.PerChannel(axis=-1))),
       jq.QuantRule(r"blk/c/kernel", jq.QuantSpec(qtype=jq.INT8, granularity=jq.PerTensor()))])
   qparams = jq.quantize_params(scaled, cfg)
+  qparams["blk"]["c"]["input_scale"] = jnp.asarray(1 / s_c, jnp.float32)
   rows = layer_rows(params, qparams, output_sqnr={"blk/a": 30.0, "blk/c": 99.0}, divisors=div,
                     extra={"blk/c": {"loss": 1.5}})
   assert sorted(r["layer"] for r in rows) == ["blk/a", "blk/b", "blk/c"]
