@@ -15,9 +15,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jquant as jq
+from jquant import eval as jeval
 from jquant import ptq
 from jquant.cli import common
 from jquant.solvers.rtn import rtn
@@ -67,7 +67,7 @@ def main() -> int:
     qparams = jax.tree_util.tree_map_with_path(
         lambda p, x: q(x) if "kernel" in jax.tree_util.keystr(p) and x.ndim == 2 else x, params)
     qparams = common.quantize_embedding("smollm2", qparams, params, emb)
-    ppl = common.evaluate("smollm2", model, qparams, windows=args.windows)["ppl"]
+    ppl = jeval.perplexity(model, qparams, windows=args.windows).ppl
     act = (("int8 per token" if wname == "int8ch" else f"{wname} per block") if acts else "float")
     print(f"| {wname} | {act} | {emb} | {ppl:.2f} | {time.perf_counter() - t0:.0f} |", flush=True)
   return 0
