@@ -14,7 +14,6 @@ evaluation text, 8 x 512 windows as ``python -m jquant eval --kv-cache``. Every 
 import argparse
 import time
 
-import numpy as np
 
 from jquant import eval as jeval
 from jquant import inference
