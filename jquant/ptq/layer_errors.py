@@ -13,6 +13,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from jquant.core.paths import get_in, join
 from jquant.core.qarray import QArray
@@ -32,10 +33,12 @@ def layer_errors(model, params, qparams, batches, divisors: dict[str, dict] | No
     batches: model batches (``model.apply(qparams, batch)``).
     divisors: ``{layer: {"in_div": (K,), "out_div": (N,)}}`` recorded by `quantize_model` (`PTQReport.divisors`).
 
-  The SQNR is accumulated over every token of every batch (float64 sums).
+  The SQNR is accumulated over every real token of every batch (float64 sums): a dict batch's ``attention_mask``
+  drops the padding (as the pipeline's statistics do).
   """
   divisors = divisors or {}
   sums: dict[str, list[float]] = {}
+  real: list = [None]
 
   def grab(next_fun, args, kwargs, context):
     y = next_fun(*args, **kwargs)
@@ -45,9 +48,12 @@ def layer_errors(model, params, qparams, batches, divisors: dict[str, dict] | No
       path = join(mod.path)
       fp: Any = get_in(params, path)
       div = divisors.get(path, {})
+      keep = real[0] if real[0] is not None and real[0].size == args[0].size // args[0].shape[-1] else None
       x = jnp.asarray(args[0], jnp.float32).reshape(-1, args[0].shape[-1])
+      yq = jnp.asarray(y, jnp.float32).reshape(x.shape[0], -1)
+      if keep is not None:
+        x, yq = x[keep], yq[keep]
       ref = layer_output(fp, x * jnp.asarray(div["in_div"], jnp.float32) if "in_div" in div else x)
-      yq = jnp.asarray(y, jnp.float32).reshape(ref.shape)
       if "out_div" in div:
         yq = yq * jnp.asarray(div["out_div"], jnp.float32)
       s, e = energies(ref, yq)
@@ -57,6 +63,8 @@ def layer_errors(model, params, qparams, batches, divisors: dict[str, dict] | No
     return y
 
   for b in batches:
+    mask = b.get("attention_mask") if isinstance(b, dict) else None
+    real[0] = None if mask is None else np.asarray(mask).reshape(-1) > 0
     with nn.intercept_methods(grab):
       model.apply(qparams, b)
   return {p: sqnr_from_energies(s, e) for p, (s, e) in sums.items()}

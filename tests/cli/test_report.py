@@ -101,6 +101,21 @@ def test_layer_errors_are_the_runtime_layers_against_numpy(rng):
     assert abs(got[path] - _sqnr(x @ w, y)) < 0.01, (path, got[path], _sqnr(x @ w, y))
 
 
+def test_layer_errors_count_real_tokens_only(rng):
+  """Padding (attention_mask 0) is not measured: changing the padded tokens changes no layer's SQNR (BERT masks them
+  out of attention, so the real tokens' activations are unchanged), as the pipeline's statistics skip them."""
+  model, params = H.tiny_bert(rng)
+  qparams = common.quantize_data_free(model, params, jq.ptq.RTN(H.spec(4)))
+  batches = H.bert_batches(rng, n=2)
+  other = [{**b, "input_ids": np.where(b["attention_mask"] > 0, b["input_ids"], (b["input_ids"] + 7) % 50 + 1)}
+           for b in batches]
+  assert any((o["input_ids"] != b["input_ids"]).any() for o, b in zip(other, batches))
+  a, b = layer_errors(model, params, qparams, batches), layer_errors(model, params, qparams, other)
+  assert a.keys() == b.keys() and len(a) == 2 * 6
+  for p in a:
+    assert abs(a[p] - b[p]) < 1e-3, (p, a[p], b[p])
+
+
 @pytest.mark.parametrize("method", ["awq", "smoothquant"])
 def test_report_recompute_measures_the_runtime_of_a_scaled_checkpoint(rng, tmp_path, monkeypatch, capsys, method):
   """quantize stores the pipeline's report; `report DIR --recompute` runs the loaded checkpoint (folded norms, scaled
