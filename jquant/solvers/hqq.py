@@ -20,6 +20,12 @@ every iteration and fits the step ``s`` against the same proximal target instead
 w3 51.2 -> 43.2, w2 223 -> 145). ``integer_zero=False`` runs the reference iteration (float ``z``, fixed ``s``),
 for comparison; its zero points cannot be stored. ``fit_scale=False`` keeps the integer zero but not the
 least-squares step (the step stays the group's min/max one).
+
+Why HQQ does not beat RTN here (SmolLM2 w4 g64 Hamlet ppl 55.16 vs RTN 53.34): the reference's gain needs its float
+zero point. The output error ``dW^T X^T X dW`` on SmolLM2 calibration inputs relative to RTN (geometric mean over 8
+linears of blocks 0 and 3; benchmarks/RESULTS.md): reference iteration, float zero 0.59x; plain min/max with the
+zero left unrounded 0.71x; this integer-zero variant 1.06x (0.86-1.55x), ``fit_scale=False`` 1.00x. The
+integer zero point of jquant's format, not the iteration, is what costs HQQ its gain.
 """
 
 from __future__ import annotations
