@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="MiniLM: number of paragraphs with >= 8 words (default 512)")
 
 
+def _check_kv_cache(args: argparse.Namespace, kind) -> None:
+  if args.kv_cache is not None and not kind.causal_lm:
+    raise ValueError(f"--kv-cache applies to causal LMs (a decoder's attention cache); {kind.name} is not one. "
+                     "Evaluate it without --kv-cache.")
+
+
 def run(args: argparse.Namespace) -> int:
   from jquant import eval as jeval  # pylint: disable=import-outside-toplevel
   from jquant.cli import common  # pylint: disable=import-outside-toplevel
@@ -50,14 +56,12 @@ def run(args: argparse.Namespace) -> int:
   t0 = time.perf_counter()
   if args.dir is not None:
     kind, model, params, meta = common.load_checkpoint(args.dir)
+    _check_kv_cache(args, kind)
   else:
-    model, params = common.load_model(args.model)
     kind = common.model_kind(args.model)
-  if kind.causal_lm and args.kv_cache is not None:
-    cfg = model.config
-    if not cfg.tie_embeddings or cfg.qkv_bias or cfg.o_bias:
-      raise ValueError("--kv-cache supports tied-embedding Llama models without attention biases (the SmolLM2 "
-                       "shape); this model has an untied head or q/k/v/o biases. Evaluate it without --kv-cache.")
+    _check_kv_cache(args, kind)   # before the (slow) load
+    model, params = common.load_model(args.model)
+  if args.kv_cache is not None:
     from jquant import inference  # pylint: disable=import-outside-toplevel
     r = inference.cached_perplexity(model, params, inference.cache_config(args.kv_cache), text=text,
                                     windows=args.windows, seq_len=512, matmul=model.matmul)

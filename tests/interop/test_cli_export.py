@@ -51,11 +51,25 @@ def test_export_errors(rng, tmp_path, capsys):
   assert "Hugging Face model folder" in capsys.readouterr().err
 
 
-def test_kv_cache_eval_refuses_biases_and_untied_heads(rng, tmp_path, capsys):
+def test_kv_cache_eval_of_biases_and_untied_heads(rng, tmp_path, capsys):
+  """The cached runtime is the model's own LlamaLM: a model with q/k/v biases and an untied head evaluates through
+  a KV cache (it was refused while inference kept its own Llama)."""
   m, p = tiny_llama(rng, tie_embeddings=False, qkv_bias=True)
   export_pretrained(m, p, tmp_path / "hf", "float", bos_eos_ids=(None, None))
-  assert main(["eval", str(tmp_path / "hf"), "--kv-cache", "int8"]) == 1
-  assert "without --kv-cache" in capsys.readouterr().err
+  text = tmp_path / "t.txt"
+  text.write_text(" ".join(f"word{i % 37} and {i}" for i in range(600)), encoding="utf-8")
+  args = ["eval", str(tmp_path / "hf"), "--text", str(text), "--windows", "1"]
+  base = _ppl(capsys, *args, "--kv-cache", "bfloat16")
+  ppl = _ppl(capsys, *args, "--kv-cache", "int8")
+  assert ppl != base and abs(math.log(ppl / base)) < 0.05, (ppl, base)
+
+
+def test_kv_cache_eval_refuses_an_encoder(capsys, monkeypatch):
+  from jquant.cli import common  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(common, "load_model", lambda *a, **k: pytest.fail("loaded the model before the check"))
+  assert main(["eval", "--model", "minilm", "--kv-cache", "int8"]) == 1
+  err = capsys.readouterr().err
+  assert "--kv-cache applies to causal LMs" in err and "minilm is not one" in err, err
 
 
 def test_kv_cache_eval_4bit(rng, tmp_path, capsys):
