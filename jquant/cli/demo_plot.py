@@ -30,6 +30,8 @@ def _family(method: str) -> str:
 
 def _label(r: dict) -> str:
   short = r["method"].split(" (")[0]
+  if "imatrix" in r["method"]:        # two GPTQ w4 rows (MSE and imatrix grids) must not share a label
+    short += " imatrix"
   text = "fp32" if r["bits"] == 32 else f"{short} w{r['bits']}"
   if r["bits"] != 32 and r.get("embedding") == "float":
     text += ", fp emb"

@@ -71,13 +71,13 @@ _SMOL = [("fp32 (reference)", 32, "float", 513.1, 42.56), ("RTN", 8, "int8", 128
          ("RTN", 4, "int8", 84.9, 53.4), ("GPTQ (act-order, MSE grid)", 4, "int8", 85.4, 47.2),
          ("GPTQ (act-order, MSE grid)", 4, "float", 166.4, 47.12), ("AWQ", 4, "int8", 84.9, 48.8),
          ("RTN", 3, "int8", 72.0, 123.0), ("GPTQ (act-order, MSE grid)", 3, "int8", 72.6, 60.4),
-         ("AWQ", 3, "int8", 72.0, 79.4)]
+         ("AWQ", 3, "int8", 72.0, 79.4), ("GPTQ (act-order, imatrix grid)", 4, "int8", 85.6, 46.37)]
 _MINI = [("fp32 (reference)", 32, "float", 86.1, 1.0), ("RTN", 8, "int8", 22.0, 0.9993),
          ("SmoothQuant W8A8 (+GPTQ)", 8, "int8", 22.1, 0.9985), ("LLM.int8", 8, "int8", 22.0, 0.9988),
          ("RTN", 4, "int8", 17.0, 0.9428), ("GPTQ (act-order, MSE grid)", 4, "int8", 17.1, 0.9866),
          ("GPTQ (act-order, MSE grid)", 4, "float", 51.1, 0.9868), ("AWQ", 4, "int8", 17.1, 0.9703),
          ("RTN", 3, "int8", 15.7, 0.8034), ("GPTQ (act-order, MSE grid)", 3, "int8", 15.8, 0.9525),
-         ("AWQ", 3, "int8", 15.8, 0.9047)]
+         ("AWQ", 3, "int8", 15.8, 0.9047), ("GPTQ (act-order, imatrix grid)", 4, "int8", 17.1, 0.9874)]
 
 
 @pytest.mark.parametrize("name,table", [("smollm2", _SMOL), ("minilm", _MINI)])
@@ -93,6 +93,8 @@ def test_plot_labels_never_overlap(name, table):
     bad = [(i, j) for i, j in itertools.combinations(range(len(boxes)), 2) if boxes[i].overlaps(boxes[j])]
     assert not bad, [(table[i][:2], table[j][:2]) for i, j in bad]
     ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert len(set(texts)) == len(texts), texts      # each point says which row it is (MSE vs imatrix GPTQ w4)
     assert ax.get_xlabel() == "weights stored (MB)" and ("perplexity" in ax.get_ylabel()) == (name == "smollm2")
     assert any(abs(line.get_ydata()[0] - table[0][4]) < 1e-9 for line in ax.lines)   # the fp32 reference line
   finally:
