@@ -38,7 +38,8 @@ from jquant.core.qtypes import QType
 
 _F32 = jnp.float32
 _F32_TINY = float(np.finfo(np.float32).tiny)
-NVFP4_TENSOR_DIVISOR = 6.0 * 448.0
+E4M3_MAX = 448.0
+NVFP4_TENSOR_DIVISOR = 6.0 * E4M3_MAX
 
 
 @jax.tree_util.register_dataclass
@@ -144,7 +145,10 @@ def grid_scales(x: jax.Array, spec) -> jax.Array:
     emax = int(jnp.finfo(qt.storage_dtype).maxexp) - 1
     e = _floor_log2(jnp.where(jnp.isfinite(amax), amax, 0.0)) - emax
     return jnp.where(jnp.isfinite(amax), _pow2(jnp.clip(e, -126, 127)), jnp.nan)
-  return _div(amax, 6.0).astype(jnp.float8_e4m3fn).astype(_F32)
+  # Saturating E4M3 cast (NVIDIA's satfinite): GPTQ's error feedback can grow a block past the tensor's original
+  # amax, so amax / 6 may exceed 448 here (never in `quantize_mx`); the block then takes the largest scale and its
+  # largest elements saturate at +-6, instead of the cast's NaN. NaN stays NaN (minimum propagates it).
+  return jnp.minimum(_div(amax, 6.0), E4M3_MAX).astype(jnp.float8_e4m3fn).astype(_F32)
 
 
 def quantize_with_grid_scales(x: jax.Array, scale: jax.Array, qt: QType) -> jax.Array:

@@ -119,7 +119,7 @@ def _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method,
       if experts:         # stacked MoE experts: per-expert statistics, one stacked solve (jquant.ptq.moe)
         qa, loss, extra = solve_experts(method, fp_leaves["kernel"], stats[p], _full(name, p), *model.moe)
       else:
-        qa, loss, extra = method.solve(fp_leaves["kernel"], eff_gram(stats[p], fp_leaves), view)
+        qa, loss, extra = _solve(method, _full(name, p), fp_leaves["kernel"], eff_gram(stats[p], fp_leaves), view)
       set_kernel(wb, p, view, dequantize(qa).astype(fp_leaves["kernel"].dtype))
       set_kernel(ob, p, view, qa)
       if experts:
@@ -135,6 +135,15 @@ def _sequential_block(model, i, name, work, out, hs, ctxs, groups, keep, method,
   if i == "rest":
     return hs
   return forward_block(model, i, wb, hs, ctxs)
+
+
+def _solve(method, path, w, gram, view):
+  """``method.solve`` with the layer's path in a ValueError (a solver's message alone does not say which of the
+  model's linears failed)."""
+  try:
+    return method.solve(w, gram, view)
+  except ValueError as e:
+    raise ValueError(f"quantize_model: layer {path}: {e}") from e
 
 
 def _float_inputs_block(model, i, name, params, out, hs, ctxs, groups, keep, method, entries):
@@ -155,7 +164,7 @@ def _float_inputs_block(model, i, name, params, out, hs, ctxs, groups, keep, met
     t0 = time.perf_counter()
     view = view_of(p)
     leaves = linear_leaves(block, p, view)
-    qa, loss, extra = method.solve(leaves["kernel"], eff_gram(stats[p], leaves), view)
+    qa, loss, extra = _solve(method, _full(name, p), leaves["kernel"], eff_gram(stats[p], leaves), view)
     set_kernel(block, p, view, qa)
     sq = _sqnr(linear_leaves(fp_block, p, view), linear_leaves(block, p, view), stats[p].sample(),
                scaling.in_div.get(p), scaling.out_div.get(p), method.matmul)

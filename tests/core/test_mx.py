@@ -171,3 +171,17 @@ def test_nvfp4_scales_are_true_divisions(rng):
   blocks = np.abs(x).reshape(64, 4, 16).max(-1)
   same_bits(np.asarray(mx.grid_scales(jnp.asarray(x), spec)),
             ref.round_to_format((blocks / np.float32(6.0)).astype(np.float32), "float8_e4m3fn"))
+
+
+def test_nvfp4_grid_scales_saturate_past_the_tensor_scale(rng):
+  # GPTQ's error feedback can grow a block past the amax its tensor scale was set from: the solver's E4M3 block
+  # scale then saturates at 448 (NVIDIA's satfinite cast), as the reference's rounding does; it was NaN (the cast
+  # overflowed) and the SmolLM2 NVFP4 GPTQ run stopped with "non-finite scales".
+  spec = jq.QuantSpec(qtype=jq.NVFP4, granularity=jq.PerGroup(axis=0, size=16))
+  x = (rng.standard_normal((16 * 8, 4)) * np.exp2(np.arange(8).repeat(16))[:, None] * 100).astype(np.float32)
+  x[:16, 0] = np.nan
+  blocks = np.abs(x).reshape(8, 16, 4).max(1)
+  got = np.asarray(mx.grid_scales(jnp.asarray(x), spec))
+  want = ref.round_to_format((blocks / np.float32(6.0)).astype(np.float32), "float8_e4m3fn")
+  assert np.isnan(got[0, 0]) and (want[1:] == 448.0).any() and (want < 448.0).any()
+  same_bits(got, want)

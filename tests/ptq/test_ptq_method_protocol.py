@@ -77,3 +77,21 @@ def test_w8a8_runtime_matmul_equals_the_reference(act, rng):
   sw = np.asarray(qw.scale, np.float64).reshape(1, -1)
   oracle = (xq @ np.asarray(qw.qvalue, np.float64)) * sx * sw
   np.testing.assert_allclose(np.asarray(got).reshape(-1, 24), oracle, rtol=1e-5, atol=1e-5 * np.abs(oracle).max())
+
+
+@dataclasses.dataclass(frozen=True)
+class FailsOnWide(ScaledRTN):
+  """Raises like a solver that cannot quantize a layer (GPTQ's non-finite scales), on the 32-wide kernels only."""
+
+  def solve(self, w, gram, view=None):
+    if w.shape[-1] == 32:
+      raise ValueError("the solve produced non-finite scales")
+    return super().solve(w, gram, view)
+
+
+def test_a_solver_error_names_the_layer(rng):
+  model = MLP()
+  xs = [jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)]
+  params = model.init(jax.random.key(0), xs[0])["params"]
+  with pytest.raises(ValueError, match=r"layer up_0: the solve produced non-finite scales"):
+    jq.ptq.quantize_model(model, params, xs, FailsOnWide(INT8), progress=False)
