@@ -26,7 +26,7 @@ from jquant.core.qarray import QArray
 from jquant.core.quantize import dequantize, quantize
 from jquant.flax import _quant
 from jquant.flax._quant import fake_quant_conv, fake_quant_dot_general, fake_quant_einsum
-from jquant.qat.lsq import lsq_init
+from jquant.qat.lsq import lsq_init, lsq_step
 
 __all__ = ("QuantConv", "QuantEinsum", "QuantLinear", "QuantStat", "convert_model", "fake_quant_conv",
            "fake_quant_dot_general", "fake_quant_einsum")
@@ -172,7 +172,7 @@ def convert_model(model: nnx.Module) -> nnx.Module:
       if zp is not None:
         zp = jnp.clip(jnp.round(zp[...]), spec.qtype.qmin, spec.qtype.qmax)
         del m.kernel_zero_point
-      qa = quantize(kernel, spec, scale=m.kernel_scale[...], zero_point=zp)
+      qa = quantize(kernel, spec, scale=lsq_step(m.kernel_scale[...]), zero_point=zp)
       del m.kernel_scale
       m.weight_mode = "dynamic"
     else:

@@ -2,7 +2,7 @@
 
 A weight trained with ``fake_quant(w, spec)`` (dynamic scale) becomes ``jq.quantize(w, spec)``; one trained with
 ``lsq_fake_quant(w, s, z, spec)`` (learned step size, stored beside it as ``<name>_scale`` and, when asymmetric,
-``<name>_zero_point``) becomes ``jq.quantize(w, spec, scale=s, zero_point=round(z))`` and the two learned leaves
+``<name>_zero_point``) becomes ``jq.quantize(w, spec, scale=|s|, zero_point=round(z))`` (`lsq_step`) and the two learned leaves
 are dropped. In both cases ``jq.dequantize`` of the result equals the fake-quant forward bit for bit.
 """
 
@@ -18,6 +18,7 @@ from jquant.core.paths import flatten, path_str
 from jquant.core.qarray import QArray
 from jquant.core.quantize import quantize
 from jquant.core.spec import QuantSpec
+from jquant.qat.lsq import lsq_step
 
 __all__ = ("SCALE_SUFFIX", "ZERO_POINT_SUFFIX", "convert", "path_str")
 
@@ -84,7 +85,7 @@ def convert(params: Any, specs: Any, *, strict: bool = True) -> Any:
       consumed.add(path + ZERO_POINT_SUFFIX)
       qt = spec.qtype
       zero_point = jnp.clip(jnp.round(jnp.asarray(zero_point, jnp.float32)), qt.qmin, qt.qmax)
-    new[path] = quantize(leaf, spec, scale=scale, zero_point=zero_point)
+    new[path] = quantize(leaf, spec, scale=lsq_step(scale), zero_point=zero_point)
   if strict:
     orphans = [p for p in flat if p.endswith(SCALE_SUFFIX) and p not in consumed and p[: -len(SCALE_SUFFIX)] in flat]
     if orphans:

@@ -13,7 +13,10 @@ scale ``g = 1 / sqrt(numel_per_scale * qmax)``::
     dy/ds = round(x / s) - x / s inside; (qmin - zr) below; (qmax - zr) above          (times g)
     dy/dz = 0 inside; -s outside                                        (times g; round(z) is straight-through)
 
-Integer qtypes only.
+The step size is ``|scale|`` (`lsq_step`): an optimizer step that carries a learned scale through zero (Adam moves
+a ~1e-3 step by ~lr per update) leaves a valid grid, and every converter (``jquant.qat.convert``, the Flax
+wrappers' ``convert``) quantizes with the same ``|scale|``, so converted weights equal the trained fake-quant bit
+for bit. Integer qtypes only.
 """
 
 from __future__ import annotations
@@ -32,13 +35,18 @@ from jquant.core.quantize import compute_qparams
 from jquant.core.spec import QuantSpec
 from jquant.qat.fake_quant import _check_spec, _check_x
 
-__all__ = ("lsq_fake_quant", "lsq_grad_scale", "lsq_init")
+__all__ = ("lsq_fake_quant", "lsq_grad_scale", "lsq_init", "lsq_step")
 
 
 def lsq_grad_scale(spec: QuantSpec, shape) -> float:
   """``1 / sqrt(numel_per_scale * qmax)`` for an array of ``shape`` under ``spec``."""
   n = math.prod(spec.granularity.block_shape(tuple(shape)))
   return 1.0 / math.sqrt(n * spec.qtype.qmax)
+
+
+def lsq_step(scale: jax.Array) -> jax.Array:
+  """The step size a learned ``scale`` stands for: ``|scale|`` (its gradient flows through ``abs``)."""
+  return jnp.abs(jnp.asarray(scale))
 
 
 def _tile_sum(v: jax.Array, block) -> jax.Array:
@@ -128,14 +136,15 @@ def lsq_fake_quant(x: jax.Array, scale: jax.Array, zero_point: jax.Array | None,
 
   Args:
     x: floating array, e.g. a kernel ``(in, out)``.
-    scale: float step sizes of shape ``spec.granularity.scale_shape(x.shape)`` (positive), trainable.
+    scale: float step sizes of shape ``spec.granularity.scale_shape(x.shape)``, trainable; the step is ``|scale|``
+      (`lsq_step`), so a sign flip during training keeps the grid; zero is an error (eager) or NaN (traced).
     zero_point: float zero points of the scale shape for asymmetric specs (rounded in the forward pass,
       trainable through a straight-through round), None for symmetric ones.
     spec: an integer-qtype `jq.QuantSpec`.
 
   Returns:
     The fake-quantized ``x`` (same shape and dtype); it equals
-    ``jq.dequantize(jq.quantize(x, spec, scale=scale, zero_point=round(zero_point)))``.
+    ``jq.dequantize(jq.quantize(x, spec, scale=lsq_step(scale), zero_point=round(zero_point)))``.
 
   Raises:
     TypeError: non-floating ``x`` or a non-QuantSpec spec.
@@ -145,13 +154,13 @@ def lsq_fake_quant(x: jax.Array, scale: jax.Array, zero_point: jax.Array | None,
   scale = jnp.asarray(scale)
   if not isinstance(scale, jax.core.Tracer):
     s = np.asarray(scale, np.float64)
-    if not (np.isfinite(s) & (s > 0)).all():
-      raise ValueError(f"lsq_fake_quant: {int((~(np.isfinite(s) & (s > 0))).sum())} step sizes are not finite and "
-                       f"positive (e.g. {float(s[~(np.isfinite(s) & (s > 0))][0])!r}); initialise them with "
-                       "lsq_init(x, spec) (a learned step size must stay > 0: clamp it after each update).")
+    bad = ~(np.isfinite(s) & (s != 0))
+    if bad.any():
+      raise ValueError(f"lsq_fake_quant: {int(bad.sum())} step sizes are not finite and non-zero "
+                       f"(e.g. {float(s[bad][0])!r}); initialise them with lsq_init(x, spec).")
   if zero_point is not None:
     zero_point = jnp.asarray(zero_point)
-  return _lsq(spec, x, scale, zero_point)
+  return _lsq(spec, x, lsq_step(scale), zero_point)
 
 
 def lsq_init(x: jax.Array, spec: QuantSpec) -> tuple[jax.Array, jax.Array | None]:

@@ -55,6 +55,25 @@ class LsqTest(parameterized.TestCase):
     want_y = jq.dequantize(jq.quantize(jnp.asarray(x), spec, scale=jnp.asarray(s), zero_point=zr))
     np.testing.assert_array_equal(np.asarray(y), np.asarray(want_y))
 
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(*LSQ_SPECS.items())
+  def test_a_negative_scale_steps_by_its_magnitude(self, spec):
+    # An optimizer step can carry a learned scale through zero; the step is |s|, its gradient sign(s) * d/d|s|.
+    x, s, z = self._case(spec)
+    sign = np.where(self.rng.random(s.shape) < 0.5, -1.0, 1.0).astype(np.float32)
+    sign.flat[0] = -1.0
+    g = jnp.asarray(self.rng.standard_normal(x.shape), jnp.float32)
+    f = self.variant(lambda x, s, z: qat.lsq_fake_quant(x, s, z, spec))
+    zj = None if z is None else jnp.asarray(z)
+    y_neg, vjp_neg = jax.vjp(f, jnp.asarray(x), jnp.asarray(s * sign), zj)
+    y_pos, vjp_pos = jax.vjp(f, jnp.asarray(x), jnp.asarray(s), zj)
+    np.testing.assert_array_equal(np.asarray(y_neg), np.asarray(y_pos))
+    (dx_n, ds_n, dz_n), (dx_p, ds_p, dz_p) = vjp_neg(g), vjp_pos(g)
+    np.testing.assert_array_equal(np.asarray(dx_n), np.asarray(dx_p))
+    np.testing.assert_array_equal(np.asarray(ds_n), sign * np.asarray(ds_p))
+    if z is not None:
+      np.testing.assert_array_equal(np.asarray(dz_n), np.asarray(dz_p))
+
   def test_scale_gradient_finite_difference_of_the_ste_surrogate(self):
     # LSQ's dy/ds is the derivative of s * (clip(x/s, qmin, qmax) + c * inside) with the rounding residual
     # c = round(x/s0) - x/s0 and the in-range mask held fixed at s0 (the straight-through surrogate).
@@ -140,7 +159,7 @@ class ConvertTest(parameterized.TestCase):
     params = self._params()
     w = params["params"]["mlp"]["kernel"]
     s, z = qat.lsq_init(w, spec)
-    s = s * 0.8
+    s = s * 0.8 * jnp.asarray(np.where(self.rng.random(s.shape) < 0.5, -1.0, 1.0), jnp.float32)   # |s| is the step
     params["params"]["mlp"]["kernel_scale"] = s
     if z is not None:
       z = z + 0.4

@@ -253,8 +253,11 @@ add("fake_quant/nan-grad", Ok(lambda r: jax.grad(lambda a: jnp.sum(jq.fake_quant
                               lambda g, r: np.testing.assert_(np.isnan(np.asarray(g)[3]).all() and np.isfinite(np.delete(np.asarray(g), 3, 0)).all())))
 add("fake_quant_with_range/inverted", Err(ValueError, r"lo > hi", lambda r: fake_quant_with_range(X(r), np.ones((1, 1)), -np.ones((1, 1)), U8A)))
 add("fake_quant_with_range/shape", Err(ValueError, r"lo \(1, 1\) and hi \(1, 2\) must have the same shape", lambda r: fake_quant_with_range(X(r), np.zeros((1, 1)), np.ones((1, 2)), U8A)))
-add("lsq/negative-step", Err(ValueError, r"step sizes are not finite and positive \(e.g. -1.0\)", lambda r: lsq_fake_quant(X(r), -np.ones((1, 8), np.float32), None, I8)))
-add("lsq/zero-step", Err(ValueError, r"not finite and positive \(e.g. 0.0\)", lambda r: lsq_fake_quant(X(r), np.zeros((1, 8), np.float32), None, I8)))
+add("lsq/negative-step-is-its-magnitude", Ok(lambda r: (lambda x: (lsq_fake_quant(x, -np.full((1, 8), 0.05, np.float32), None, I8),
+                                                                    lsq_fake_quant(x, np.full((1, 8), 0.05, np.float32), None, I8)))(X(r)),
+                                              lambda y, r: np.testing.assert_array_equal(np.asarray(y[0]), np.asarray(y[1]))))
+add("lsq/zero-step", Err(ValueError, r"not finite and non-zero \(e.g. 0.0\)", lambda r: lsq_fake_quant(X(r), np.zeros((1, 8), np.float32), None, I8)))
+add("lsq/inf-step", Err(ValueError, r"not finite and non-zero \(e.g. inf\)", lambda r: lsq_fake_quant(X(r), np.full((1, 8), np.inf, np.float32), None, I8)))
 add("lsq/fp8", Err(ValueError, r"LSQ learns integer-grid step sizes; got qtype fp8_e4m3", lambda r: lsq_init(X(r), jq.QuantSpec(qtype=jq.FP8_E4M3))))
 add("lsq/scale-shape", Err(ValueError, r"scale has shape \(1, 4\), expected \(1, 8\)", lambda r: lsq_fake_quant(X(r), np.ones((1, 4), np.float32), None, I8)))
 add("lsq/zp-for-symmetric", Err(ValueError, r"a symmetric spec learns no zero point", lambda r: lsq_fake_quant(X(r), np.ones((1, 8), np.float32), np.zeros((1, 8)), I8)))
