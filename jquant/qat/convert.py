@@ -2,8 +2,8 @@
 
 A weight trained with ``fake_quant(w, spec)`` (dynamic scale) becomes ``jq.quantize(w, spec)``; one trained with
 ``lsq_fake_quant(w, s, z, spec)`` (learned step size, stored beside it as ``<name>_scale`` and, when asymmetric,
-``<name>_zero_point``) becomes ``jq.quantize(w, spec, scale=|s|, zero_point=round(z))`` (`lsq_step`) and the two learned leaves
-are dropped. In both cases ``jq.dequantize`` of the result equals the fake-quant forward bit for bit.
+``<name>_zero_point``) becomes ``jq.quantize(w, spec, scale=|s|, zero_point=round(z))`` (`lsq_step`) and the two
+learned leaves are dropped. In both cases ``jq.dequantize`` of the result equals the fake-quant forward bit for bit.
 """
 
 from __future__ import annotations
