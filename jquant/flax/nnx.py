@@ -26,7 +26,7 @@ from jquant.core.qarray import QArray
 from jquant.core.quantize import dequantize, quantize
 from jquant.flax import _quant
 from jquant.flax._quant import fake_quant_conv, fake_quant_dot_general, fake_quant_einsum
-from jquant.qat.lsq import lsq_init, lsq_step
+from jquant.qat.lsq import lsq_init, lsq_quantize
 
 __all__ = ("QuantConv", "QuantEinsum", "QuantLinear", "QuantStat", "convert_model", "fake_quant_conv",
            "fake_quant_dot_general", "fake_quant_einsum")
@@ -169,11 +169,10 @@ def convert_model(model: nnx.Module) -> nnx.Module:
     spec = m.weight_spec
     if m.weight_mode == "lsq":
       zp = getattr(m, "kernel_zero_point", None)
-      if zp is not None:
-        zp = jnp.clip(jnp.round(zp[...]), spec.qtype.qmin, spec.qtype.qmax)
-        del m.kernel_zero_point
-      qa = quantize(kernel, spec, scale=lsq_step(m.kernel_scale[...]), zero_point=zp)
+      qa = lsq_quantize(kernel, m.kernel_scale[...], None if zp is None else zp[...], spec)
       del m.kernel_scale
+      if zp is not None:
+        del m.kernel_zero_point
       m.weight_mode = "dynamic"
     else:
       qa = quantize(kernel, spec)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -43,7 +42,7 @@ class CacheView:
     return read_layer(cache, layer, self.read_upto), dataclasses.replace(self, cache=cache)
 
 
-def forward_cached(module: nn.Module, params: dict, ids: jax.Array, cache: KVCache, *, dtype,
+def forward_cached(module: Any, params: dict, ids: jax.Array, cache: KVCache, *, dtype,
                    start: int | None = None, last_only: bool = False) -> tuple[jax.Array, KVCache]:
   """Runs ``ids`` at positions [cache.length, cache.length + t), writing their keys / values into the cache.
 

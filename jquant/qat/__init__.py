@@ -9,6 +9,7 @@ from jquant.qat.fake_quant import representable_range as representable_range
 from jquant.qat.lsq import lsq_fake_quant as lsq_fake_quant
 from jquant.qat.lsq import lsq_grad_scale as lsq_grad_scale
 from jquant.qat.lsq import lsq_init as lsq_init
+from jquant.qat.lsq import lsq_quantize as lsq_quantize
 from jquant.qat.lsq import lsq_step as lsq_step
 
 __all__ = (
@@ -18,6 +19,7 @@ __all__ = (
     "lsq_fake_quant",
     "lsq_grad_scale",
     "lsq_init",
+    "lsq_quantize",
     "lsq_step",
     "numel_per_scale",
     "path_str",

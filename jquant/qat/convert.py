@@ -2,8 +2,9 @@
 
 A weight trained with ``fake_quant(w, spec)`` (dynamic scale) becomes ``jq.quantize(w, spec)``; one trained with
 ``lsq_fake_quant(w, s, z, spec)`` (learned step size, stored beside it as ``<name>_scale`` and, when asymmetric,
-``<name>_zero_point``) becomes ``jq.quantize(w, spec, scale=|s|, zero_point=round(z))`` (`lsq_step`) and the two
-learned leaves are dropped. In both cases ``jq.dequantize`` of the result equals the fake-quant forward bit for bit.
+``<name>_zero_point``) becomes ``jq.quantize(w, spec, scale=|s|, zero_point=round(z))`` (`lsq_quantize`) and the
+two learned leaves are dropped. In both cases ``jq.dequantize`` of the result equals the fake-quant forward bit
+for bit.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from jquant.core.paths import flatten, path_str
 from jquant.core.qarray import QArray
 from jquant.core.quantize import quantize
 from jquant.core.spec import QuantSpec
-from jquant.qat.lsq import lsq_step
+from jquant.qat.lsq import lsq_quantize
 
 __all__ = ("SCALE_SUFFIX", "ZERO_POINT_SUFFIX", "convert", "path_str")
 
@@ -83,9 +84,7 @@ def convert(params: Any, specs: Any, *, strict: bool = True) -> Any:
     consumed.add(path + SCALE_SUFFIX)
     if zero_point is not None:
       consumed.add(path + ZERO_POINT_SUFFIX)
-      qt = spec.qtype
-      zero_point = jnp.clip(jnp.round(jnp.asarray(zero_point, jnp.float32)), qt.qmin, qt.qmax)
-    new[path] = quantize(leaf, spec, scale=lsq_step(scale), zero_point=zero_point)
+    new[path] = lsq_quantize(leaf, scale, zero_point, spec)
   if strict:
     orphans = [p for p in flat if p.endswith(SCALE_SUFFIX) and p not in consumed and p[: -len(SCALE_SUFFIX)] in flat]
     if orphans:

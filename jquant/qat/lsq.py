@@ -31,11 +31,12 @@ import numpy as np
 from jquant.core import granularity as gr
 from jquant.core import tiling
 from jquant.core.calibration_methods import MinMax
-from jquant.core.quantize import compute_qparams
+from jquant.core.qarray import QArray
+from jquant.core.quantize import compute_qparams, quantize
 from jquant.core.spec import QuantSpec
 from jquant.qat.fake_quant import _check_spec, _check_x
 
-__all__ = ("lsq_fake_quant", "lsq_grad_scale", "lsq_init", "lsq_step")
+__all__ = ("lsq_fake_quant", "lsq_grad_scale", "lsq_init", "lsq_quantize", "lsq_step")
 
 
 def lsq_grad_scale(spec: QuantSpec, shape) -> float:
@@ -47,6 +48,15 @@ def lsq_grad_scale(spec: QuantSpec, shape) -> float:
 def lsq_step(scale: jax.Array) -> jax.Array:
   """The step size a learned ``scale`` stands for: ``|scale|`` (its gradient flows through ``abs``)."""
   return jnp.abs(jnp.asarray(scale))
+
+
+def lsq_quantize(x: jax.Array, scale: jax.Array, zero_point: jax.Array | None, spec: QuantSpec) -> QArray:
+  """The integer `QArray` a trained ``lsq_fake_quant(x, scale, zero_point, spec)`` stands for: step ``|scale|``,
+  zero point rounded and clipped to the grid; its dequantization equals the fake-quant forward bit for bit. Every
+  converter (``jquant.qat.convert``, ``jquant.flax.nnx.convert_model``) goes through it."""
+  if zero_point is not None:
+    zero_point = jnp.clip(jnp.round(jnp.asarray(zero_point, jnp.float32)), spec.qtype.qmin, spec.qtype.qmax)
+  return quantize(x, spec, scale=lsq_step(scale), zero_point=zero_point)
 
 
 def _tile_sum(v: jax.Array, block) -> jax.Array:

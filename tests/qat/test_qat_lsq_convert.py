@@ -74,6 +74,18 @@ class LsqTest(parameterized.TestCase):
     if z is not None:
       np.testing.assert_array_equal(np.asarray(dz_n), np.asarray(dz_p))
 
+  @parameterized.named_parameters(*LSQ_SPECS.items())
+  def test_lsq_quantize_is_the_integer_form_of_the_forward(self, spec):
+    x, s, z = self._case(spec)
+    s = s * np.where(self.rng.random(s.shape) < 0.5, -1.0, 1.0).astype(np.float32)
+    qa = qat.lsq_quantize(jnp.asarray(x), s, z, spec)
+    self.assertIsInstance(qa, jq.QArray)
+    np.testing.assert_array_equal(np.asarray(qa.scale, np.float32), np.abs(s).astype(qa.scale.dtype))
+    if z is not None:        # rounded and clipped to the grid (the draw moves some zero points by up to 1.5)
+      want_z = np.clip(np.round(z), spec.qtype.qmin, spec.qtype.qmax)
+      np.testing.assert_array_equal(np.asarray(qa.zero_point, np.float64), want_z)
+    np.testing.assert_array_equal(np.asarray(jq.dequantize(qa)), np.asarray(qat.lsq_fake_quant(x, s, z, spec)))
+
   def test_scale_gradient_finite_difference_of_the_ste_surrogate(self):
     # LSQ's dy/ds is the derivative of s * (clip(x/s, qmin, qmax) + c * inside) with the rounding residual
     # c = round(x/s0) - x/s0 and the in-range mask held fixed at s0 (the straight-through surrogate).
